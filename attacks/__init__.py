@@ -1,0 +1,1 @@
+"""Attack suites (attacks/*.toml), shipped as package data."""

@@ -1,0 +1,3 @@
+from robust_uatt.cli import main
+
+raise SystemExit(main())

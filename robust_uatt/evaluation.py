@@ -1,0 +1,30 @@
+"""Clean predictions in batches, with no autograd (inference_mode) and the model in eval mode."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robust_uatt.data import to_float
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x_uint8: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Predicted labels (N,) for uint8 images; the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for i in range(0, len(x_uint8), batch_size):
+            xb = to_float(x_uint8[i:i + batch_size].to(device, non_blocking=True))
+            out.append(model(xb).argmax(1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int,
+             device: torch.device) -> float:
+    if len(y) == 0:
+        return float("nan")
+    return float((predict(model, x_uint8, batch_size, device) == y).float().mean())

@@ -1,0 +1,319 @@
+"""The model zoo: TOML recipes (zoo/<name>.toml) and one registry mapping architecture names to builders.
+
+In the spirit of timm's ``create_model``: ``create_model(recipe)`` looks the architecture up in ``ARCHITECTURES``
+and calls its builder with the recipe's ``[model]`` table. Recipe keys are validated against fixed schemas (and the
+builder's signature), so a typo is reported with its file and key instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from robust_uatt.data import DATASETS, dataset_shape
+from robust_uatt.errors import UserError, unknown_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# ---------------------------------------------------------------------------------------------------------------
+# Architectures: name -> builder(num_classes, in_channels, image_size, mean, std, **recipe[model])
+
+
+def _vgg16(*, num_classes: int, in_channels: int, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+           width: float = 1.0, dropout: float = 0.0) -> nn.Module:
+    from robust_uatt.models.vgg import VGG16
+
+    if image_size != 32:
+        raise UserError(f"vgg16 is built for 32x32 inputs, the dataset has {image_size}x{image_size}")
+    return VGG16(num_classes=num_classes, width=width, in_channels=in_channels, mean=mean, std=std, dropout=dropout)
+
+
+def _lazy(module: str, attr: str) -> Callable[..., nn.Module]:
+    """A builder imported on first use, so a registry entry costs nothing until it is built."""
+
+    def build(**kwargs: Any) -> nn.Module:
+        return getattr(__import__(module, fromlist=[attr]), attr)(**kwargs)
+
+    build.__wrapped_target__ = (module, attr)  # type: ignore[attr-defined]
+    return build
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "vgg16": _vgg16,
+    "mlp": _lazy("robust_uatt.models.simple", "build_mlp"),
+    "cnn": _lazy("robust_uatt.models.simple", "build_cnn"),
+    "uatt": _lazy("robust_uatt.models.uatt", "build_uatt"),
+}
+
+_INJECTED = {"num_classes", "in_channels", "image_size", "mean", "std"}
+
+
+def builder_params(arch: str) -> dict[str, inspect.Parameter]:
+    """The keyword options a recipe's [model] table may set for ``arch``."""
+    fn = ARCHITECTURES[arch]
+    target = getattr(fn, "__wrapped_target__", None)
+    if target is not None:
+        fn = getattr(__import__(target[0], fromlist=[target[1]]), target[1])
+    return {k: p for k, p in inspect.signature(fn).parameters.items() if k not in _INJECTED}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipes
+
+TRAIN_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "epochs": (int, 10),
+    "batch_size": (int, 128),
+    "eval_batch_size": (int, 500),
+    "optimizer": (str, "sgd"),  # sgd | adam
+    "lr": ((int, float), 0.05),
+    "momentum": ((int, float), 0.9),
+    "nesterov": (bool, True),
+    "weight_decay": ((int, float), 5e-4),
+    "schedule": (str, "onecycle"),  # constant | cosine | onecycle (linear warm-up, then linear decay to 0)
+    "warmup": ((int, float), 0.15),  # fraction of all steps for the one-cycle warm-up
+    "label_smoothing": ((int, float), 0.0),
+    "grad_clip": ((int, float), 0.0),  # 0 = off
+    "limit_train": (int, 0),  # 0 = the whole training split; >0 = its first N images (smoke runs)
+    "limit_val": (int, 0),  # 0 = the whole validation split
+    "limit_test": (int, 0),  # 0 = the whole test split for the model card
+    "checkpoint_every": (int, 0),  # also checkpoint every N steps inside an epoch (0 = at epoch ends only)
+}
+DATA_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "augment": (str, "none"),  # none | crop-flip
+    "holdout": (int, 0),  # >0: validate on the last N training images; 0: validate on the test split
+    "canvas": (int, 100),  # cluttered-mnist only
+    "pieces": (int, 10),
+    "piece_size": (int, 8),
+    "clutter_seed": (int, 0),
+}
+TOP_KEYS = {"description", "dataset", "paper", "model", "data", "train", "presets"}
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "onecycle")
+AUGMENTS = ("none", "crop-flip")
+
+
+@dataclass
+class Recipe:
+    """A validated recipe, with a preset (if any) already merged in."""
+
+    name: str
+    description: str
+    dataset: str
+    model: dict[str, Any]
+    data: dict[str, Any]
+    train: dict[str, Any]
+    paper: str = ""
+    preset: str | None = None
+    presets: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "dataset": self.dataset, "paper": self.paper,
+                "preset": self.preset, "model": self.model, "data": self.data, "train": self.train}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "recipe") -> "Recipe":
+        """Rebuild from ``to_dict`` output (checkpoint metadata, config.json), validating it again."""
+        raw = {k: d.get(k) for k in ("description", "dataset", "paper", "model", "data", "train") if d.get(k)}
+        recipe = _validate(raw, str(d.get("name", "?")), where)
+        recipe.preset = d.get("preset")
+        return recipe
+
+
+def _recipe_dirs() -> list[Path]:
+    dirs = []
+    try:
+        dirs.append(Path(str(resources.files("robust_uatt.recipes"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    dirs.append(Path(__file__).resolve().parent.parent / "zoo")  # a source checkout without install
+    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
+
+def recipe_names() -> list[str]:
+    return sorted({p.stem for d in _recipe_dirs() for p in d.glob("*.toml")})
+
+
+def _recipe_path(name: str) -> Path:
+    if name.endswith(".toml"):
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"{name}: recipe file not found")
+        return path
+    for d in _recipe_dirs():
+        if (d / f"{name}.toml").is_file():
+            return d / f"{name}.toml"
+    raise unknown_name("model", name, recipe_names())
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _check_table(table: Any, schema: dict, where: str, section: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: [{section}] must be a table")
+    out = {}
+    for key, value in table.items():
+        if key not in schema:
+            raise unknown_name(f"key in [{section}] of {where}:", key, schema)
+        types, _ = schema[key]
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise UserError(f"{where}: [{section}] {key} must be {_tname(types)}, got a boolean")
+        if not isinstance(value, types):
+            raise UserError(f"{where}: [{section}] {key} must be {_tname(types)}, got {type(value).__name__}")
+        out[key] = value
+    return {k: out.get(k, default) for k, (_, default) in schema.items()}
+
+
+def _tname(types: type | tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+
+
+def _check_model(table: Any, where: str) -> dict[str, Any]:
+    if not isinstance(table, dict) or "arch" not in table:
+        raise UserError(f"{where}: [model] needs an 'arch' ({', '.join(sorted(ARCHITECTURES))})")
+    arch = table["arch"]
+    if arch not in ARCHITECTURES:
+        raise unknown_name(f"architecture in {where}:", str(arch), ARCHITECTURES)
+    params = builder_params(arch)
+    for key, value in table.items():
+        if key == "arch":
+            continue
+        if key not in params:
+            raise unknown_name(f"key in [model] of {where} (arch {arch}):", key, params)
+        default = params[key].default
+        if default is not inspect.Parameter.empty and default is not None and not _same_kind(value, default):
+            raise UserError(f"{where}: [model] {key} must be {type(default).__name__}, got {type(value).__name__}")
+    return dict(table)
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
+
+
+def _validate(raw: dict[str, Any], name: str, where: str) -> Recipe:
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise unknown_name(f"top-level key in {where}:", key, TOP_KEYS)
+    dataset = raw.get("dataset")
+    if dataset not in DATASETS:
+        raise unknown_name(f"dataset in {where}:", str(dataset), DATASETS)
+    train = _check_table(raw.get("train", {}), TRAIN_SCHEMA, where, "train")
+    data = _check_table(raw.get("data", {}), DATA_SCHEMA, where, "data")
+    for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        if train[key] not in allowed:
+            raise unknown_name(f"[train] {key} in {where}:", train[key], allowed)
+    if data["augment"] not in AUGMENTS:
+        raise unknown_name(f"[data] augment in {where}:", data["augment"], AUGMENTS)
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if train[key] <= 0:
+            raise UserError(f"{where}: [train] {key} must be > 0, got {train[key]}")
+    if train["lr"] <= 0:
+        raise UserError(f"{where}: [train] lr must be > 0, got {train['lr']}")
+    return Recipe(name=name, description=str(raw.get("description", "")), dataset=dataset,
+                  model=_check_model(raw.get("model"), where), data=data, train=train,
+                  paper=str(raw.get("paper", "")), source=where)
+
+
+def load_recipe(name: str, preset: str | None = None) -> Recipe:
+    """Read, merge the preset into, and validate a recipe by zoo name (or a path to a .toml file)."""
+    path = _recipe_path(name)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML ({e})") from None
+    presets = raw.pop("presets", {}) if isinstance(raw.get("presets", {}), dict) else None
+    if presets is None:
+        raise UserError(f"{path}: [presets] must be a table of tables")
+    if preset is not None:
+        if preset not in presets:
+            raise unknown_name(f"preset of {path.stem}", preset, presets)
+        raw = _deep_merge(raw, presets[preset])
+    recipe = _validate(raw, path.stem, str(path))
+    recipe.preset, recipe.presets = preset, sorted(presets)
+    for other in presets:  # a typo in any preset is reported now, not when someone finally uses that preset
+        if other != preset:
+            _validate(_deep_merge(raw, presets[other]), path.stem, f"{path} [presets.{other}]")
+    return recipe
+
+
+def create_model(recipe: Recipe) -> nn.Module:
+    """Build the (untrained) model a recipe describes."""
+    info = DATASETS[recipe.dataset]
+    kwargs = {k: v for k, v in recipe.model.items() if k != "arch"}
+    params = builder_params(recipe.model["arch"])
+    kwargs = {k: tuple(v) if isinstance(v, list) and isinstance(params[k].default, tuple) else v
+              for k, v in kwargs.items()}
+    c, h, _ = dataset_shape(recipe.dataset, recipe.data)
+    return ARCHITECTURES[recipe.model["arch"]](num_classes=info.num_classes, in_channels=c, image_size=h,
+                                              mean=info.mean, std=info.std, **kwargs)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trained models: a zoo name (latest finished run), a run directory, or a safetensors checkpoint
+
+
+def find_weights(spec: str, runs_dir: str | Path = "runs") -> Path:
+    """Resolve ``--model`` to a weights file. A zoo name means its newest finished run under ``runs_dir``."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
+        if (path / "checkpoint.safetensors").is_file():
+            raise UserError(f"{path}: training has not finished (only a checkpoint); resume it with "
+                            f"`robust-uatt train --resume {path}`, or pass {path / 'checkpoint.safetensors'}")
+        raise UserError(f"{path}: no model.safetensors in this directory")
+    if spec.endswith((".safetensors", ".pt", ".pth")) or "/" in spec:
+        raise UserError(f"{spec}: no such file or directory")
+    if spec not in recipe_names():
+        raise unknown_name("model", spec, recipe_names())
+    runs = sorted((Path(runs_dir) / spec).glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise UserError(f"no trained weights for '{spec}' under {Path(runs_dir) / spec}/: train it first with "
+                        f"`robust-uatt train {spec}`, or pass a run directory or checkpoint with --model")
+    return runs[-1]
+
+
+def load_trained(spec: str, runs_dir: str | Path = "runs") -> tuple[nn.Module, Recipe, Path]:
+    """Model (eval mode, on CPU), its recipe and the weights file, from a zoo name, run directory or checkpoint."""
+    from robust_uatt.io import load_state_into, load_tensors
+
+    weights = find_weights(spec, runs_dir)
+    if weights.suffix != ".safetensors":
+        raise UserError(f"{weights}: robust-uatt checkpoints are .safetensors files (with the recipe inside)")
+    tensors, meta = load_tensors(weights)
+    if "recipe" not in meta:
+        raise UserError(f"{weights}: no recipe in the checkpoint metadata (not written by robust-uatt?)")
+    recipe = Recipe.from_dict(meta["recipe"], where=str(weights))
+    state = {k[6:] if k.startswith("model.") else k: v for k, v in tensors.items()
+             if not k.startswith(("optim.", "rng."))}
+    model = create_model(recipe)
+    load_state_into(model, state, str(weights))
+    return model.eval(), recipe, weights

@@ -1,0 +1,1 @@
+"""Model recipes (zoo/*.toml), shipped as package data."""
