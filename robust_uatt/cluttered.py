@@ -10,6 +10,8 @@ the result does not depend on paste order or chunking.
 
 Determinism: every random number is drawn up front from one ``torch.Generator`` seeded with ``seed``; the pasting is
 then pure indexing done in chunks, so the output is bit-identical for a seed and independent of the chunk size.
+Digit choice and placement are drawn before any clutter, so the same (seed, n) with ``pieces=0`` gives the clean
+version of the same images (handy for locating the digit, e.g. to score where an attention model looks).
 Speed: 60000 images of 100 x 100 take a few seconds (scatter_reduce over flat indices, no per-image loop).
 """
 
@@ -43,7 +45,10 @@ def make_cluttered(
     if labels.shape[0] != num:
         raise ValueError(f"labels ({labels.shape[0]}) and digits ({num}) differ in length")
     if canvas < max(dh, dw) or not 0 < piece_size <= min(dh, dw) or pieces < 0:
-        raise ValueError(f"need canvas >= digit size, 0 < piece_size <= digit size, pieces >= 0")
+        raise ValueError(
+            f"need canvas >= digit size ({dh}x{dw}), 0 < piece_size <= digit size, pieces >= 0; "
+            f"got canvas={canvas}, piece_size={piece_size}, pieces={pieces}"
+        )
     if num < 2 and pieces > 0:
         raise ValueError("clutter needs at least two digits to cut pieces from other digits")
 

@@ -146,12 +146,14 @@ def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device
     total_steps = steps_per_epoch * t["epochs"]
     start_epoch, start_step, metrics_lines = 0, 0, 0
     saved_data_rng: torch.Tensor | None = None
+    partial: dict[str, Any] = {}  # running sums of an epoch interrupted mid-way
     ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
 
     if resume:
         tensors, meta = load_tensors(ckpt_path)
         _unpack(tensors, meta, model, opt, gen, str(ckpt_path))
         saved_data_rng = gen.get_state()
+        partial = meta.get("partial", {})
         start_epoch, start_step, metrics_lines = meta["epoch"], meta["step_in_epoch"], meta["metrics_lines"]
         _truncate_lines(metrics_path, metrics_lines)
         console.print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {start_step}")
@@ -160,10 +162,10 @@ def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device
                                       "data_dir": data_dir, "argv": sys.argv, "versions": versions()})
         metrics_path.write_text("")
 
-    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+    def save_checkpoint(epoch: int, step_in_epoch: int, running: dict[str, Any] | None = None) -> None:
         tensors, meta = _pack(model, opt, gen)
         meta.update(epoch=epoch, step_in_epoch=step_in_epoch, metrics_lines=metrics_lines, seed=seed,
-                    recipe=recipe.to_dict())
+                    recipe=recipe.to_dict(), partial=running or {})
         save_tensors(ckpt_path, tensors, meta)
 
     stop = {"now": False}
@@ -188,8 +190,10 @@ def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device
                 torch.manual_seed(seed * 1_000_003 + epoch)
             elif saved_data_rng is not None:
                 gen.set_state(saved_data_rng)  # the augmentation stream continues where the checkpoint left it
-            sums: dict[str, float] = {}
-            seen, correct, t0 = 0, 0.0, time.perf_counter()
+            resumed = partial if first else {}
+            sums: dict[str, float] = dict(resumed.get("sums", {}))
+            seen, correct, t0 = int(resumed.get("seen", 0)), float(resumed.get("correct", 0.0)), time.perf_counter()
+            seen_before = seen
             with _progress(console) as progress:
                 task = progress.add_task(f"epoch {epoch + 1}/{t['epochs']}", total=steps_per_epoch, completed=first,
                                          loss=float("nan"), acc=float("nan"), ips=0.0)
@@ -214,7 +218,7 @@ def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device
                             batch_correct = float((logits.argmax(1) == yb).sum())
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
-                            f"non-finite loss ({float(loss)}) at step {global_step} (epoch {epoch + 1}); the last "
+                            f"non-finite loss ({float(loss.detach())}) at step {global_step} (epoch {epoch + 1}); the last "
                             f"good checkpoint is {ckpt_path if ckpt_path.exists() else 'none (first epoch)'}")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -229,12 +233,15 @@ def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
                     for k, v in terms.items():
                         sums[k] = sums.get(k, 0.0) + float(v) * n
-                    ips = seen / max(1e-9, time.perf_counter() - t0)
+                    ips = (seen - seen_before) / max(1e-9, time.perf_counter() - t0)
                     progress.update(task, advance=1, loss=sums["loss"] / seen, acc=correct / seen, ips=ips)
+                    if not console.is_terminal and (step_in_epoch + 1) % max(1, steps_per_epoch // 10) == 0:
+                        console.print(f"epoch {epoch + 1} step {step_in_epoch + 1}/{steps_per_epoch}: loss "
+                                      f"{sums['loss'] / seen:.4f} acc {correct / seen:.3f} {ips:.0f} img/s")
                     done = step_in_epoch + 1
                     if stop["now"] or (t["checkpoint_every"] and done % t["checkpoint_every"] == 0
                                        and done < steps_per_epoch):
-                        save_checkpoint(epoch, done)
+                        save_checkpoint(epoch, done, {"seen": seen, "correct": correct, "sums": sums})
                         if stop["now"]:
                             raise KeyboardInterrupt
             train_seconds = time.perf_counter() - t0
@@ -242,7 +249,8 @@ def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device
             record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                       "lr": lr_at((epoch + 1) * steps_per_epoch - 1, total_steps, t),
                       **{("train_loss" if k == "loss" else k): v / max(1, seen) for k, v in sums.items()},
-                      "train_acc": correct / max(1, seen), "val_acc": val_acc, "images_per_s": seen / train_seconds,
+                      "train_acc": correct / max(1, seen), "val_acc": val_acc,
+                      "images_per_s": (seen - seen_before) / train_seconds,
                       "epoch_seconds": train_seconds}
             append_jsonl(metrics_path, record)
             metrics_lines += 1

@@ -97,3 +97,10 @@ def test_rejects_bad_arguments() -> None:
         make_cluttered(digits.float(), labels)
     with pytest.raises(ValueError):
         make_cluttered(digits, labels, piece_size=40)
+
+
+def test_pieces_zero_gives_the_clean_version_of_the_same_images() -> None:
+    digits, labels = fake_digits()
+    clean, la = make_cluttered(digits, labels, pieces=0, seed=5, n=20)
+    busy, lb = make_cluttered(digits, labels, pieces=10, seed=5, n=20)
+    assert torch.equal(la, lb) and bool((busy >= clean).all()) and bool((busy > clean).any())

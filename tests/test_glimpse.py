@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,15 @@ import torch.nn.functional as F
 from robust_uatt.models import glimpse as glimpse_module
 from robust_uatt.models.bottom_up import patch_entropy
 from robust_uatt.models.glimpse import GlimpseNetwork, GlimpseSensor
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from 2 threads, and OpenMP barriers crawl when the shared cores are busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def aligned_location(row: torch.Tensor, col: torch.Tensor, g: int, h: int, w: int) -> torch.Tensor:

@@ -7,6 +7,15 @@ import torch
 
 from robust_uatt.models.top_down import TopDown, TopDownChoice
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops on a shared 2-core box: intra-op threads only add contention (25 s -> 2 s under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # Expected (x0, y0, x1, y1) of quadrant a of the whole image: 0 TL, 1 TR, 2 BL, 3 BR.
 QUADS = {
     0: (-1.0, -1.0, 0.0, 0.0),

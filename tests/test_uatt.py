@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,6 +25,16 @@ def tiny(**overrides: object):  # noqa: ANN201
 def batch(n: int = 4, classes: int = 5, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=gen), torch.randint(0, classes, (n,), generator=gen)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from 2 threads, and OpenMP barriers crawl when the shared cores are busy (the
+    learning test took 3 s idle, 25 s under load). Module autouse fixtures run after conftest's; restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def bright_square_task(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

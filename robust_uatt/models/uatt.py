@@ -137,6 +137,8 @@ class UATT(nn.Module):
         self.backbone: VGG16 | None = None
         feat_dim = 0
         if backbone == "vgg16":
+            if image_size < 32:
+                raise UserError(f"backbone 'vgg16' needs images of at least 32x32 (five 2x pools), got {image_size}")
             vgg_mean = norm_mean or (0.0,) * in_channels
             vgg_std = norm_std or (1.0,) * in_channels
             self.backbone = VGG16(num_classes, width=vgg_width, in_channels=in_channels, mean=vgg_mean, std=vgg_std)
@@ -212,6 +214,7 @@ class UATT(nn.Module):
                 break
             if self.location_policy is not None and self.baseline is not None:
                 loc, log_prob, mean = self.location_policy(h, sample)
+                loc = loc.to(x.dtype)  # autocast may hand back bf16; keep locations in the image's precision
                 log_probs.append(log_prob)
                 means.append(mean)
                 baselines.append(self.baseline(h))
