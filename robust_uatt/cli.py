@@ -66,13 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--out", default=None, help="output directory (default: RUNS/attacks/<model>/<timestamp>-<attack>)")
     _add_common(p)
+
+    p = sub.add_parser("glimpses", help="draw where an attention model looks (top-down region, numbered glimpses)")
+    p.add_argument("--model", required=True, help="zoo name (newest finished run), run directory or .safetensors")
+    p.add_argument("--n", type=int, default=8, help="the first n test images")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--policy", default="mean", help="mean (deterministic) or sample")
+    _add_common(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"zoo": cmd_zoo, "train": cmd_train, "attack": cmd_attack}[args.command](args)
+        commands = {"zoo": cmd_zoo, "train": cmd_train, "attack": cmd_attack, "glimpses": cmd_glimpses}
+        return commands[args.command](args)
     except UserError as e:
         sys.stderr.write(f"robust-uatt: error: {e}\n")
         return EXIT_USER_ERROR
@@ -201,4 +209,36 @@ def cmd_attack(args: argparse.Namespace) -> int:
     atomic_write_text(out / "results.md", attack_markdown(result))
     Console().print(attack_table(result))
     print(out / "results.json")
+    return 0
+
+
+def cmd_glimpses(args: argparse.Namespace) -> int:
+    import torch
+
+    from robust_uatt.data import load_split, to_float
+    from robust_uatt.glimpse_plot import plot_glimpses
+    from robust_uatt.runtime import resolve_device, seed_all
+    from robust_uatt.zoo import load_trained
+
+    _positive_int("n", args.n)
+    if not args.out.lower().endswith(".png"):
+        raise UserError(f"--out must name a .png file, got {args.out}")
+    device = resolve_device(args.device)
+    model, recipe, _ = load_trained(args.model, args.runs_dir)
+    if not hasattr(model, "trace"):
+        raise UserError(f"{recipe.name} is not an attention model (arch {recipe.model['arch']}): nothing to draw")
+    model.policy = args.policy
+    test = load_split(recipe.dataset, "test", args.data_dir, not args.no_download, recipe.data)
+    data = test.subset(slice(0, min(args.n, len(test))))
+    _check_writable(Path(args.out).parent)
+    seed_all(args.seed)
+    model = model.to(device)
+    x = to_float(data.x.to(device))
+    with torch.inference_mode():
+        trace = model.trace(x)
+        preds = model(x).argmax(1).cpu()
+    trace = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in trace.items()}
+    plot_glimpses(x.cpu(), trace, args.out, labels=data.y, preds=preds,
+                  title=f"{recipe.name} ({args.policy} policy), first {len(data)} test images")
+    print(args.out)
     return 0

@@ -5,14 +5,13 @@ Coordinates follow the glimpse sensor: (x, y) in [-1, 1], (0, 0) the image centr
 the same units (window_pixels * 2 / image_size); only the finest (smallest) window is drawn to keep panels readable.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot global state, safe in worker threads and headless runs)
-and writes atomically: a temporary file in the target directory, then ``os.replace``.
+and writes atomically (``robust_uatt.io.atomic_write_bytes``).
 """
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
+
+from robust_uatt.io import atomic_write_bytes
 
 
 def _np(value: Any) -> np.ndarray:
@@ -93,17 +94,9 @@ def plot_glimpses(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 __all__ = ["plot_glimpses"]

@@ -53,7 +53,8 @@ def attack_markdown(result: dict[str, Any]) -> str:
 def zoo_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="robust-uatt model zoo")
     for col in ("name", "dataset", "params", "presets", "description"):
-        table.add_column(col, justify="right" if col == "params" else "left", overflow="fold")
+        table.add_column(col, justify="right" if col == "params" else "left", overflow="fold",
+                         no_wrap=col in ("name", "dataset", "params"))
     for r in rows:
         table.add_row(r["name"], r["dataset"], f"{r['params'] / 1e6:.2f}M", ", ".join(r["presets"]), r["description"])
     return table

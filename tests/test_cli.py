@@ -125,3 +125,23 @@ def test_existing_results_are_never_overwritten(trained_run: Path, run_cli, tmp_
     (tmp_path / "done" / "results.json").write_text("{}")
     out = run_cli("attack", "--model", str(trained_run), "--n", "10", "--out", "done")
     assert out.returncode == 2 and (tmp_path / "done" / "results.json").read_text() == "{}"
+
+
+def test_attention_model_trains_draws_glimpses_and_is_attacked(run_cli, tmp_path: Path) -> None:
+    out = run_cli("train", "mnist-uatt", "--preset", "smoke", "--out", "uatt")
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "uatt" / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("loss_cls", "loss_context", "loss_reinforce", "loss_baseline", "loss_q", "reward_mean",
+                "entropy_mean"):
+        assert key in metrics
+    out = run_cli("glimpses", "--model", "uatt", "--n", "4", "--out", "g.png")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = run_cli("attack", "--model", "uatt", "--attack", "pgd", "--eps", "0.3", "--steps", "2", "--n", "16",
+                  "--out", "att")
+    assert out.returncode == 0, out.stderr
+
+
+def test_glimpses_refuses_a_model_without_attention(trained_run: Path, run_cli) -> None:
+    out = run_cli("glimpses", "--model", str(trained_run), "--out", "g.png")
+    assert out.returncode == 2 and "not an attention model" in out.stderr

@@ -24,7 +24,7 @@ def test_npz_loads_as_uint8_nchw_in_original_order(data_dir: Path) -> None:
 
 def test_grayscale_npz_gets_a_channel_axis(data_dir: Path) -> None:
     split = load_split("mnist", "train", data_dir, download=False)
-    assert split.x.shape == (600, 1, 28, 28) and split.lossless is None
+    assert split.x.shape == (7000, 1, 28, 28) and split.lossless is None
 
 
 def test_npz_in_a_dataset_subfolder(tmp_path: Path, data_dir: Path) -> None:
