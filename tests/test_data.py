@@ -99,3 +99,19 @@ def test_augmentation_is_seeded_and_is_a_shifted_crop_or_its_mirror() -> None:
     for i in range(16):
         crops = [padded[i, :, r:r + 32, s:s + 32] for r in range(9) for s in range(9)]
         assert any(torch.equal(a[i], cr) or torch.equal(a[i], cr.flip(2)) for cr in crops)
+
+
+def test_failed_download_is_a_user_error_naming_both_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    import robust_uatt.data as data_mod
+
+    def offline(root, info, split, download):
+        assert download  # only the download attempt reaches here: the folder holds no data
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(data_mod, "_load_torchvision", offline)
+    with pytest.raises(UserError) as e:
+        load_split("mnist", "train", tmp_path / "new", download=True)
+    assert "download failed" in str(e.value) and "ROBUST_UATT_DATA" in str(e.value)
+    assert (tmp_path / "new").is_dir()  # torchvision would have downloaded into the data directory
