@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
-from robust_uatt.errors import UserError
+from robust_uatt.errors import UserError, environment_error
 
 EXIT_USER_ERROR = 2
 
@@ -32,12 +32,22 @@ def _positive_int(name: str, value: int | None) -> None:
         raise UserError(f"--{name} must be a positive integer, got {value}")
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must lie in 0..{2**32 - 1}, got {value}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="folder with the datasets (npz or torchvision layouts); default: $ROBUST_UATT_DATA")
     p.add_argument("--no-download", action="store_true", help="never try torchvision's download")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="random seed, 0..2^32-1")
     p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
                    help="where runs are written and zoo names are looked up (default: runs, or $ROBUST_UATT_RUNS)")
 
@@ -54,18 +64,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--out", default=None, help="run directory (default: RUNS/<model>/<timestamp>)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms on CUDA too (slower; always on for the CPU)")
     _add_common(p)
 
-    p = sub.add_parser("attack", help="attack a trained model")
-    p.add_argument("--model", required=True, help="zoo name (newest finished run), run directory or .safetensors")
-    p.add_argument("--attack", default="pgd", help="pgd, fgsm, apgd-ce, cw or square")
+    p = sub.add_parser("attack", help="attack a model with one attack or a suite; worst case per example")
+    p.add_argument("--model", default=None, help="zoo name (newest finished run), run directory or .safetensors")
+    p.add_argument("--model-factory", default=None, metavar="MODULE:FUNCTION",
+                   help="your own nn.Module (maps [0,1] images to logits); weights from --checkpoint")
+    p.add_argument("--checkpoint", default=None, help="safetensors state dict for --model-factory")
+    p.add_argument("--robustbench", default=None, metavar="NAME", help="a RobustBench model from --model-dir")
+    p.add_argument("--model-dir", default="models", help="RobustBench model directory (offline)")
+    p.add_argument("--dataset", default="cifar10", help="dataset for --model-factory / --robustbench")
+    p.add_argument("--attack", default="pgd", help="one attack (see robust_uatt.attack.ATTACKS), e.g. pgd, pgd-eq14")
+    p.add_argument("--suite", default=None, help="a suite from attacks/<name>.toml: paper, quick, standard, adaptive")
     p.add_argument("--eps", default="8/255", help="Linf radius in [0,1] pixel units: 0.3, 8/255, ...")
-    p.add_argument("--steps", type=int, default=None, help="iterations (queries for square); default per attack")
+    p.add_argument("--steps", type=int, default=None, help="iterations (queries/draws) of a single --attack")
     p.add_argument("--alpha", default=None, help="step size (default 2.5*eps/steps)")
+    p.add_argument("--eot", type=int, default=None, help="EOT samples per step (default 8 with --policy sample)")
+    p.add_argument("--policy", default="mean", help="attention models: mean (deterministic) or sample")
+    p.add_argument("--source", default=None, help="add a transfer attack made on this model (zoo name/run/file)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="attack option, e.g. grad_path=full, tau=0.1, restarts=3 (repeatable)")
+    p.add_argument("--checks", default="fast", help="sanity checks: none, fast (default) or full")
+    p.add_argument("--no-cascade", action="store_true", help="run every attack on every clean-correct point")
     p.add_argument("--n", type=int, default=1000, help="attack the first n test images")
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--out", default=None, help="output directory (default: RUNS/attacks/<model>/<timestamp>-<attack>)")
+    p.add_argument("--out", default=None, help="output directory (default: RUNS/attacks/<model>/<timestamp>-<suite>)")
     _add_common(p)
+
+    p = sub.add_parser("selftest", help="plant broken models and show that the sanity checks catch each one")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("glimpses", help="draw where an attention model looks (top-down region, numbered glimpses)")
     p.add_argument("--model", required=True, help="zoo name (newest finished run), run directory or .safetensors")
@@ -73,19 +102,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--policy", default="mean", help="mean (deterministic) or sample")
     _add_common(p)
+
+    p = sub.add_parser("compare", help="our attack results beside RobustBench rows of the same threat model")
+    p.add_argument("--model", action="append", required=True,
+                   help="results.json, a folder holding it, or a zoo name (all RUNS/attacks/<name>/*/results.json); "
+                        "repeatable")
+    p.add_argument("--leaderboard", default=None, metavar="DIR",
+                   help="RobustBench model_info/ tree or <dataset>_<Linf|L2|corruptions>.csv files "
+                        "(default: $ROBUST_UATT_DATA/robustbench)")
+    p.add_argument("--top", type=int, default=10, help="leaderboard rows shown besides Standard and ResNet-18s")
+    p.add_argument("--out", default=None, help="JSON file to write (default: RUNS/compare/<timestamp>.json)")
+    p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
+                   help="where zoo names are looked up and the JSON goes (default: runs, or $ROBUST_UATT_RUNS)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"zoo": cmd_zoo, "train": cmd_train, "attack": cmd_attack, "glimpses": cmd_glimpses}
+        commands = {"zoo": cmd_zoo, "train": cmd_train, "attack": cmd_attack, "glimpses": cmd_glimpses,
+                    "selftest": cmd_selftest, "compare": cmd_compare}
         return commands[args.command](args)
     except UserError as e:
-        sys.stderr.write(f"robust-uatt: error: {e}\n")
+        sys.stderr.write(f"robust-uatt: error: {_one_line(str(e))}\n")
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        return 130
+    except OSError as e:  # full disk, read-only or vanished folder: the environment, not a bug
+        message = environment_error(e)
+        if message is None:
+            raise
+        sys.stderr.write(f"robust-uatt: error: {_one_line(message)}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as e:  # 128 + the signal number, as a shell reports it (130 for Ctrl-C)
+        return 128 + int(getattr(e, "signum", 2))
+
+
+def _one_line(text: str) -> str:
+    """A message that quotes user input (which may hold newlines) still prints as one line."""
+    return " ".join(text.splitlines()) if len(text.splitlines()) > 1 else text
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
@@ -106,24 +159,31 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from robust_uatt.io import read_json
+    from robust_uatt.io import RunLock, read_json
     from robust_uatt.runtime import resolve_device
-    from robust_uatt.train import CONFIG, TrainingDiverged, train
+    from robust_uatt.train import CHECKPOINT, CONFIG, WEIGHTS, TrainingDiverged, train
     from robust_uatt.zoo import Recipe, load_recipe
 
     _positive_int("epochs", args.epochs)
     device = resolve_device(args.device)
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "checkpoint.safetensors").is_file():
-            raise UserError(f"{run_dir}: nothing to resume (no checkpoint.safetensors)")
-        if (run_dir / "model.safetensors").is_file():
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: no such run directory")
+        RunLock(run_dir).check_free()  # "in use by process N" beats any other complaint about a live run
+        if not (run_dir / CHECKPOINT).is_file():
+            raise UserError(f"{run_dir}: nothing to resume (no {CHECKPOINT})")
+        if (run_dir / WEIGHTS).is_file():
             raise UserError(f"{run_dir}: this run has already finished")
         config = read_json(run_dir / CONFIG)
+        if not (isinstance(config, dict) and isinstance(config.get("recipe"), dict)
+                and isinstance(config.get("seed"), int) and not isinstance(config.get("seed"), bool)):
+            raise UserError(f"{run_dir / CONFIG}: not a robust-uatt run configuration (needs 'recipe' and 'seed')")
         recipe = Recipe.from_dict(config["recipe"], where=str(run_dir / CONFIG))
         if args.model and args.model != recipe.name:
             raise UserError(f"{run_dir} is a run of {recipe.name}, not {args.model}")
-        seed, data_dir = config["seed"], args.data_dir or config.get("data_dir")
+        saved_dir = config.get("data_dir")
+        seed, data_dir = config["seed"], args.data_dir or (saved_dir if isinstance(saved_dir, str) else None)
     else:
         if not args.model:
             raise UserError("name a zoo model to train (see `robust-uatt zoo`), or --resume RUN_DIR")
@@ -132,15 +192,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             recipe.train["epochs"] = args.epochs
         seed, data_dir = args.seed, args.data_dir
         run_dir = Path(args.out) if args.out else Path(args.runs_dir) / recipe.name / _timestamp()
-        if (run_dir / "checkpoint.safetensors").exists() or (run_dir / "model.safetensors").exists():
+        if run_dir.is_dir():
+            RunLock(run_dir).check_free()
+        if (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists():
             raise UserError(f"{run_dir} already holds a run: use --resume {run_dir}, or another --out")
         _check_writable(run_dir)
     try:
         train(recipe, run_dir, seed=seed, device=device, data_dir=data_dir, resume=bool(args.resume),
-              download=not args.no_download, console=Console(stderr=True))
+              download=not args.no_download, console=Console(stderr=True),
+              deterministic=True if args.deterministic else None)
     except TrainingDiverged as e:
         sys.stderr.write(f"robust-uatt: training diverged: {e}\n")
         return 3
+    except OSError as e:
+        message = environment_error(e)
+        if message is None:
+            raise
+        if (run_dir / CHECKPOINT).is_file():
+            message += f"; the last checkpoint is intact: robust-uatt train --resume {shlex.quote(str(run_dir))}"
+        raise UserError(message) from e
     print(run_dir)
     return 0
 
@@ -154,62 +224,33 @@ def _check_writable(path: Path) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
+    from robust_uatt.robustness import run
+
+    return run(args)
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.table import Table
 
-    from robust_uatt.attack import get_attack
-    from robust_uatt.data import load_split
-    from robust_uatt.harness import parse_eps, run_attack, summarize
-    from robust_uatt.io import atomic_write_text, write_json
-    from robust_uatt.report import attack_markdown, attack_table
-    from robust_uatt.runtime import configure, resolve_device, seed_all, versions
-    from robust_uatt.zoo import load_trained
+    from robust_uatt.selftest import run_selftest
 
-    spec = get_attack(args.attack)
-    eps = parse_eps(args.eps)
-    _positive_int("n", args.n)
-    _positive_int("batch-size", args.batch_size)
-    _positive_int("steps", args.steps)
-    steps = args.steps or spec.default_steps
-    alpha = parse_eps(args.alpha) if args.alpha is not None else 2.5 * eps / steps
-    device = resolve_device(args.device)
-    model, recipe, weights = load_trained(args.model, args.runs_dir)
-    test = load_split(recipe.dataset, "test", args.data_dir, not args.no_download, recipe.data)
-    if args.n > len(test):
-        raise UserError(f"--n {args.n} exceeds the {len(test)} test images of {recipe.dataset}")
-    data = test.subset(slice(0, args.n))
-    label = Path(args.model).name if Path(args.model).exists() else args.model
-    out = Path(args.out) if args.out else Path(args.runs_dir) / "attacks" / recipe.name / f"{_timestamp()}-{spec.name}"
-    if (out / "results.json").exists():
-        raise UserError(f"{out}/results.json exists; choose another --out")
-    _check_writable(out)
-
-    configure(device)
-    seed_all(args.seed)
-    model = model.to(device)
-    console = Console(stderr=True)
-    outcome = run_attack(model, spec, data, eps=eps, alpha=alpha, steps=steps, batch_size=args.batch_size,
-                         seed=args.seed, device=device, console=console)
-    result: dict[str, Any] = {
-        "model": {"name": recipe.name, "spec": args.model, "label": label, "weights": str(weights),
-                  "preset": recipe.preset, "recipe": recipe.to_dict()},
-        "attack": spec.name, "attack_description": spec.description,
-        "threat_model": {"norm": spec.norm, "bounded": spec.bounded, "eps": eps if spec.bounded else None,
-                         "eps_text": args.eps, "eps_units": "pixel [0,1]", "steps": steps,
-                         "steps_meaning": spec.steps_meaning, "alpha": alpha},
-        **summarize(outcome),
-        "data": {"dataset": recipe.dataset, "source": data.source, "first_n": args.n,
-                 "lossless_fraction": data.lossless_fraction()},
-        "seed": args.seed, "device": str(device), "batch_size": args.batch_size,
-        "command": "robust-uatt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "versions": versions(),
-        "per_example": {"clean_correct": outcome.clean_correct.int().tolist(),
-                        "robust_correct": outcome.robust_correct.int().tolist()},
-    }
-    write_json(out / "results.json", result)
-    atomic_write_text(out / "results.md", attack_markdown(result))
-    Console().print(attack_table(result))
-    print(out / "results.json")
-    return 0
+    results = run_selftest(args.seed)
+    table = Table(title="selftest: do the sanity checks catch planted failures?")
+    for col in ("model", "expected", "verdict", "failed gating checks"):
+        table.add_column(col)
+    ok = True
+    for name, r in results.items():
+        expected = "valid" if name == "healthy model" else "INVALID"
+        verdict = "INVALID" if r["caught"] else "valid"
+        ok &= verdict == expected
+        table.add_row(name, expected, ("[green]" if verdict == expected else "[red]") + verdict + "[/]",
+                      ", ".join(r["failed"]) or "-")
+    Console().print(table)
+    caught = sum(r["caught"] for n, r in results.items() if n != "healthy model")
+    print(f"caught {caught} of {len(results) - 1} broken models; healthy model "
+          f"{'passes' if not results['healthy model']['caught'] else 'FAILS'}")
+    return 0 if ok else 1
 
 
 def cmd_glimpses(args: argparse.Namespace) -> int:
@@ -241,4 +282,26 @@ def cmd_glimpses(args: argparse.Namespace) -> int:
     plot_glimpses(x.cpu(), trace, args.out, labels=data.y, preds=preds,
                   title=f"{recipe.name} ({args.policy} policy), first {len(data)} test images")
     print(args.out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from robust_uatt.compare import compare, default_leaderboard, load_results, read_leaderboard, report_tables
+    from robust_uatt.io import write_json
+
+    if args.top < 0:
+        raise UserError(f"--top must be 0 or more, got {args.top}")
+    source = Path(args.leaderboard) if args.leaderboard else default_leaderboard()
+    rows = read_leaderboard(source)
+    ours = load_results(args.model, args.runs_dir)
+    report = compare(ours, rows, top=args.top, source=str(source))
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "compare" / f"{_timestamp()}.json"
+    _check_writable(out.parent)
+    write_json(out, report.to_json())
+    console = Console()
+    for table in report_tables(report):
+        console.print(table)
+    print(out)
     return 0

@@ -16,9 +16,10 @@ The test split keeps its original order: RobustBench evaluates the first n test 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import socket
-import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,12 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 def _check_arrays(x: np.ndarray, y: np.ndarray, info: DatasetInfo, where: str) -> None:
     c, h, w = info.shape
     if x.dtype != np.uint8:
-        raise UserError(f"{where}: images must be uint8, got {x.dtype}")
+        extra = ""
+        if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.complexfloating):
+            bad = int(x.size - np.isfinite(x).sum()) if x.size else 0
+            extra = f", {bad} of them NaN/Inf" if bad else ""
+            extra += "; store pixels as uint8 0..255, e.g. np.round(x * 255).astype(np.uint8)"
+        raise UserError(f"{where}: images must be uint8, got {x.dtype}{extra}")
     ok = (x.ndim == 3 and c == 1 and x.shape[1:] == (h, w)) or (x.ndim == 4 and x.shape[1:] == (h, w, c))
     if not ok:
         raise UserError(f"{where}: images must have shape (N,{h},{w}{',' + str(c) if c > 1 else ''}), got {x.shape}")
@@ -130,23 +136,34 @@ def _load_npz(path: Path, info: DatasetInfo) -> Split:
             lossless = z["lossless"] if "lossless" in z.files else None
     except UserError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path}: cannot read npz file ({e.__class__.__name__}: {e})") from None
-    if lossless is not None and lossless.shape != y.shape:
-        raise UserError(f"{path}: 'lossless' must have shape {y.shape}, got {lossless.shape}")
+    except Exception as e:  # noqa: BLE001 - only numpy's zip/npy parsing runs above, and a damaged file can make it
+        # fail in many ways (BadZipFile, zlib.error, EOFError, ValueError, SyntaxError from a mangled header, ...)
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"{path}: cannot read npz file (truncated or corrupt? {e.__class__.__name__}: {first})") \
+            from None
+    mask_ok = lossless is None or lossless.dtype == np.bool_ or (
+        np.issubdtype(lossless.dtype, np.integer) and bool(np.isin(lossless, (0, 1)).all()))
+    if lossless is not None and (lossless.shape != y.shape or not mask_ok):
+        raise UserError(f"{path}: 'lossless' must be a bool mask of shape {y.shape}, got {lossless.dtype} "
+                        f"{lossless.shape}")
     return _to_split(x, y, info, f"npz:{path}", lossless)
 
 
 def _read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format): magic 0x0000 08 <ndim>, big-endian dims, then uint8 data."""
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
-    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: cannot read IDX file ({e.__class__.__name__}: {e})") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or not 1 <= raw[3] <= 4 or len(raw) < 4 + 4 * raw[3]:
         raise UserError(f"{path}: not a uint8 IDX file")
     ndim = raw[3]
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise UserError(f"{path}: truncated IDX file ({data.size} of {int(np.prod(dims))} values)")
+    expected = math.prod(dims)
+    if data.size != expected:
+        raise UserError(f"{path}: truncated IDX file ({data.size} of {expected} values)")
     return data.reshape(dims)
 
 
@@ -197,6 +214,9 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
             return _load_torchvision(root, info, split, download=False)
         except RuntimeError:
             pass  # incomplete layout: fall through to the download
+        except (ValueError, OSError, EOFError, AssertionError, IndexError) as e:  # present but unreadable
+            raise UserError(f"{root / info.torchvision_dir}: cannot read torchvision's {info.torchvision_class} files "
+                            f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if download:
         try:
             return _download(root, info, split)
@@ -241,8 +261,18 @@ def _download(root: Path, info: DatasetInfo, split: str) -> Split:
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [0, 1] (the attack space)."""
-    return x.float().div_(255.0)
+    """uint8 [0, 255] -> float32 [0, 1] (the attack space).
+
+    The loaders only ever hold uint8 images, so the model never sees NaN/Inf pixels; a float tensor is accepted
+    only when it already is a finite image in [0, 1] (anything else is a bug upstream, not a user input).
+    """
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if not x.is_floating_point():
+        raise TypeError(f"images must be uint8 (or float in [0, 1]), got {x.dtype}")
+    if x.numel() and not bool(torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+        raise ValueError("float images must be finite and lie in [0, 1]")
+    return x.float().clone()
 
 
 def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:

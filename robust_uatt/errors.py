@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -16,3 +17,25 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> UserError:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return UserError(f"unknown {kind} '{name}'{hint} (known: {', '.join(known)})")
+
+
+# OSErrors that come from the user's environment (paths, permissions, space), not from a bug: the CLI reports them
+# on one line with exit code 2. Any other OSError is left to show its traceback.
+ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "EIO", "ENOENT",
+                                      "ENOTDIR", "EISDIR", "EEXIST", "ENAMETOOLONG", "ELOOP", "EMFILE", "ENFILE")
+    if hasattr(errno, name))
+
+
+def environment_error(e: OSError) -> str | None:
+    """One line for an OSError caused by the environment (full disk, read-only or missing folder), else None."""
+    if e.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    what = e.strerror or str(e)
+    where = f"{e.filename}: " if e.filename else ""
+    hint = ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = " (free some space; files written before are intact)"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = " (choose a writable --out / --runs-dir)"
+    return f"{where}{what}{hint}"

@@ -1,19 +1,27 @@
-"""Run one attack over the first n test images and account for every example.
+"""Run a suite of attacks as a cascade and account for every example (the AutoAttack protocol, generalized).
 
-Only points the model classifies correctly are attacked; a point misclassified clean counts as broken, so robust
-accuracy never exceeds clean accuracy. Each batch is seeded with (seed, batch index), so attacking a batch gives the
-same result whatever ran before it.
+Headline robust accuracy = mean over examples of the worst case over every attack of the suite: a point counts as
+robust only if it is classified correctly clean and no attack found an adversarial example for it. Each attack runs
+only on points still unbroken (``cascade=True``), so later attacks spend nothing on points already lost; per-attack
+rows keep what each attack saw and broke. The harness, not the attack, judges success: it re-runs the model on every
+returned input and checks the eps-ball, [0, 1] and finiteness before counting a point as broken.
+
+Resumable: after every batch the state (clean flags, which points each attack broke, which batches it finished) is
+written atomically to ``state.json``; a restarted run with the same configuration recomputes only unfinished batches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,9 +29,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from robust_uatt.attack import AttackSpec
+from robust_uatt.attack import Attack
 from robust_uatt.data import Split, to_float
 from robust_uatt.errors import UserError
+from robust_uatt.io import read_json, write_json
 
 _EPS_RE = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*(/\s*(\d+(\.\d*)?|\.\d+)\s*)?$")
 
@@ -35,8 +44,8 @@ def parse_eps(text: str) -> float:
     num, _, den = text.partition("/")
     try:
         value = float(Fraction(num.strip())) / (float(Fraction(den.strip())) if den else 1.0)
-    except (ValueError, ZeroDivisionError):
-        raise UserError(f"cannot parse eps '{text}' (division by zero?)") from None
+    except (ValueError, ZeroDivisionError, OverflowError):
+        raise UserError(f"cannot parse eps {text!r} (division by zero or out of range)") from None
     if not math.isfinite(value) or value < 0 or value > 1:
         raise UserError(f"eps must lie in [0, 1] (pixel units of [0,1] images), got {text} = {value:g}")
     return value
@@ -54,50 +63,183 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(f)
 
 
+class PassCounter(nn.Module):
+    """Wraps the model to count forward and backward passes, in examples (a batch of 100 = 100 passes)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.forwards = 0
+        self.backwards = 0
+
+    def _count_backward(self, n: int):
+        def hook(grad: torch.Tensor) -> None:
+            self.backwards += n
+        return hook
+
+    @property
+    def wrapped(self) -> nn.Module:
+        return self._modules["model"]
+
+    def _count(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        self.forwards += x.shape[0]
+        if out.requires_grad:
+            out.register_hook(self._count_backward(x.shape[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        self._count(x, out)
+        return out
+
+    def rollout(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Any:
+        """The attention model's full pass (used by the Eq. 14 attack loss), counted like a forward."""
+        r = self.model.rollout(x, y)
+        self._count(x, r.logits)
+        return r
+
+    def __getattr__(self, name: str) -> Any:  # the attention model's attributes (rollout, top_down, ...) pass through
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+
 @dataclass
-class AttackOutcome:
+class AttackRecord:
+    """What one attack of the cascade did."""
+
+    info: dict[str, Any]
+    attacked: list[int] = field(default_factory=list)  # example indices it was run on
+    broken: list[int] = field(default_factory=list)  # indices it broke (verified by the harness)
+    batches_done: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    forwards: int = 0
+    backwards: int = 0
+    max_linf: float = 0.0
+    done: bool = False
+    violations: list[str] = field(default_factory=list)  # inputs outside the ball/box or non-finite: never counted
+
+
+@dataclass
+class SuiteOutcome:
     clean_correct: torch.Tensor  # bool (n,)
-    robust_correct: torch.Tensor  # bool (n,)
-    max_linf: float  # largest |x_adv - x|_inf over attacked points
-    max_l2: float
-    seconds: float
+    records: list[AttackRecord]
+
+    def robust_correct(self) -> torch.Tensor:
+        robust = self.clean_correct.clone()
+        for r in self.records:
+            robust[r.broken] = False
+        return robust
 
 
-def run_attack(model: nn.Module, spec: AttackSpec, data: Split, *, eps: float, alpha: float, steps: int,
-               batch_size: int, seed: int, device: torch.device, console: Console | None = None) -> AttackOutcome:
+def _config_key(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_state(path: Path | None, key: str, n: int, attacks: list[Attack]) -> tuple[torch.Tensor | None, list]:
+    if path is None or not path.exists():
+        return None, [AttackRecord(a.describe()) for a in attacks]
+    state = read_json(path)
+    if state.get("config_key") != key:
+        raise UserError(f"{path} belongs to a run with another configuration; use another --out (or delete it)")
+    clean = torch.tensor(state["clean_correct"], dtype=torch.bool) if state.get("clean_correct") else None
+    records = []
+    for a, saved in zip(attacks, state["records"]):
+        rec = AttackRecord(a.describe())
+        for k in ("attacked", "broken", "batches_done", "seconds", "forwards", "backwards", "max_linf", "done",
+                  "violations"):
+            setattr(rec, k, saved[k])
+        records.append(rec)
+    return clean, records
+
+
+def _save_state(path: Path | None, key: str, clean: torch.Tensor, records: list[AttackRecord]) -> None:
+    if path is None:
+        return
+    write_json(path, {"config_key": key, "clean_correct": clean.int().tolist(),
+                      "records": [{k: v for k, v in r.__dict__.items() if k != "info"} for r in records]})
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1)
+
+
+def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_size: int, device: torch.device,
+              cascade: bool = True, uncascaded: frozenset[str] = frozenset(), state_path: Path | None = None,
+              config: dict[str, Any] | None = None, console: Console | None = None) -> SuiteOutcome:
+    """Clean pass, then each attack on the points still unbroken (all clean-correct points if not ``cascade``).
+
+    Attacks named in ``uncascaded`` (the paper-protocol attack) always see every clean-correct point, so their own
+    accuracy is the protocol's number and not an artefact of the cascade order.
+    """
     model.eval()
-    n = len(data)
-    clean = torch.zeros(n, dtype=torch.bool)
-    robust = torch.zeros(n, dtype=torch.bool)
-    max_linf, max_l2 = 0.0, 0.0
-    t0 = time.perf_counter()
+    key = _config_key({"config": config or {}, "attacks": [a.describe() for a in attacks], "n": len(data),
+                       "cascade": cascade, "batch_size": batch_size})
+    clean, records = _load_state(state_path, key, len(data), attacks)
+    counter = PassCounter(model)
     with frozen_parameters(model), _progress(console) as progress:
-        task = progress.add_task(spec.name, total=n)
-        for b, start in enumerate(range(0, n, batch_size)):
-            x = to_float(data.x[start:start + batch_size].to(device, non_blocking=True))
-            y = data.y[start:start + batch_size].to(device, non_blocking=True)
-            with torch.inference_mode():
-                ok = model(x).argmax(1) == y
-            clean[start:start + len(y)] = ok.cpu()
-            if ok.any() and (eps > 0 or not spec.bounded):
-                torch.manual_seed(seed * 1_000_003 + b)
-                x_ok, y_ok = x[ok], y[ok]
-                adv = spec.build(model, eps, alpha, steps, seed)(x_ok, y_ok).detach()
-                delta = (adv - x_ok).flatten(1)
-                if not torch.isfinite(adv).all() or adv.min() < 0 or adv.max() > 1:
-                    raise RuntimeError(f"{spec.name} returned images outside [0,1] or with NaN")
-                linf = float(delta.abs().max())
-                if spec.bounded and linf > eps + 1e-6:
-                    raise RuntimeError(f"{spec.name} left the eps-ball: |delta|_inf = {linf} > {eps}")
-                max_linf, max_l2 = max(max_linf, linf), max(max_l2, float(delta.norm(dim=1).max()))
-                with torch.inference_mode():
-                    still = model(adv).argmax(1) == y_ok
-                idx = torch.nonzero(ok.cpu()).flatten() + start
-                robust[idx] = still.cpu()
-            elif eps == 0:
-                robust[start:start + len(y)] = ok.cpu()
-            progress.update(task, advance=len(y))
-    return AttackOutcome(clean, robust, max_linf, max_l2, time.perf_counter() - t0)
+        if clean is None:
+            clean = torch.zeros(len(data), dtype=torch.bool)
+            for start in range(0, len(data), batch_size):
+                x = to_float(data.x[start:start + batch_size].to(device, non_blocking=True))
+                clean[start:start + len(x)] = (predict(model, x).cpu() == data.y[start:start + len(x)])
+            _save_state(state_path, key, clean, records)
+        for attack, rec in zip(attacks, records):
+            if rec.done:
+                continue
+            alive = clean.clone()
+            if cascade and attack.name not in uncascaded:
+                for earlier in records[:records.index(rec)]:
+                    alive[earlier.broken] = False
+            targets = torch.nonzero(alive).flatten()
+            if not rec.attacked:
+                rec.attacked = targets.tolist()
+            targets = torch.tensor(rec.attacked, dtype=torch.long)
+            task = progress.add_task(attack.name, total=len(targets))
+            for b, start in enumerate(range(0, len(targets), batch_size)):
+                idx = targets[start:start + batch_size]
+                if b in rec.batches_done:
+                    progress.update(task, advance=len(idx))
+                    continue
+                t0 = time.perf_counter()
+                f0, b0 = counter.forwards, counter.backwards
+                broken, linf, violation = _attack_batch(counter, attack, data, idx, device)
+                if violation:
+                    rec.violations.append(f"batch {b}: {violation}")
+                rec.broken.extend(broken)
+                rec.max_linf = max(rec.max_linf, linf)
+                rec.seconds += time.perf_counter() - t0
+                rec.forwards += counter.forwards - f0
+                rec.backwards += counter.backwards - b0
+                rec.batches_done.append(b)
+                _save_state(state_path, key, clean, records)
+                progress.update(task, advance=len(idx))
+            rec.done = True
+            _save_state(state_path, key, clean, records)
+    return SuiteOutcome(clean, records)
+
+
+def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tensor,
+                  device: torch.device) -> tuple[list[int], float, str | None]:
+    """Attack one batch; return the indices the harness verified as broken, the largest L-inf perturbation, and a
+    violation (inputs outside [0,1] or the eps-ball, NaN): then nothing of the batch counts and the run is INVALID."""
+    x = to_float(data.x[idx].to(device, non_blocking=True))
+    y = data.y[idx].to(device, non_blocking=True)
+    eps = attack.budget.eps
+    if attack.bounded and eps == 0:
+        adv = x
+    else:
+        adv = attack(model, x, y, idx)
+    if adv.shape != x.shape or not torch.isfinite(adv).all():
+        return [], float("nan"), "non-finite inputs or wrong shape"
+    linf = float((adv - x).abs().amax()) if len(x) else 0.0
+    if adv.min() < 0 or adv.max() > 1:
+        return [], linf, f"inputs outside [0, 1] (min {float(adv.min()):.4g}, max {float(adv.max()):.4g})"
+    if attack.bounded and linf > eps + 1e-6:
+        return [], linf, f"left the eps-ball: |delta|_inf = {linf:.6g} > {eps:.6g}"
+    fooled = (predict(model, adv) != y).cpu()
+    return idx[fooled].tolist(), linf, None
 
 
 def _progress(console: Console | None) -> Progress:
@@ -106,9 +248,28 @@ def _progress(console: Console | None) -> Progress:
                     transient=True)
 
 
-def summarize(outcome: AttackOutcome) -> dict[str, Any]:
+def summarize(outcome: SuiteOutcome, paper_attack: str | None = None) -> dict[str, Any]:
+    """Headline numbers and one row per attack (cumulative robust accuracy after it)."""
     n = len(outcome.clean_correct)
-    return {"n": n, "clean_accuracy": float(outcome.clean_correct.float().mean()),
-            "robust_accuracy": float(outcome.robust_correct.float().mean()),
-            "max_linf": outcome.max_linf, "max_l2": outcome.max_l2, "seconds": outcome.seconds,
-            "images_per_s": n / outcome.seconds if outcome.seconds else None}
+    robust = outcome.clean_correct.clone()
+    rows = []
+    for rec in outcome.records:
+        robust[rec.broken] = False
+        rows.append({**rec.info, "attacked": len(rec.attacked), "broken": len(rec.broken),
+                     "robust_accuracy_after": float(robust.float().mean()) if n else float("nan"),
+                     "seconds": rec.seconds, "forward_passes": rec.forwards, "backward_passes": rec.backwards,
+                     "max_linf": rec.max_linf, "violations": rec.violations})
+    out: dict[str, Any] = {
+        "n": n, "clean_accuracy": float(outcome.clean_correct.float().mean()),
+        "robust_accuracy": float(robust.float().mean()), "attacks": rows,
+        "seconds": sum(r.seconds for r in outcome.records),
+        "forward_passes": sum(r.forwards for r in outcome.records),
+        "backward_passes": sum(r.backwards for r in outcome.records),
+    }
+    paper = next((r for r in outcome.records if r.info["name"] == paper_attack), None)
+    if paper is not None:
+        paper_robust = outcome.clean_correct.clone()
+        paper_robust[paper.broken] = False
+        out["paper_protocol_accuracy"] = float(paper_robust.float().mean())
+        out["overestimation"] = out["paper_protocol_accuracy"] - out["robust_accuracy"]
+    return out

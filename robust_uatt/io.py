@@ -7,17 +7,25 @@ says how to rebuild its model.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as save_safetensors
 
 from robust_uatt.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -39,22 +47,52 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte of ``data`` to ``fd`` (one place, so tests can simulate a full disk here)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file, whole."""
+    """Write to a temporary file in the same folder, fsync, rename: readers see the old or the new file, whole.
+
+    A kill at any moment leaves the previous file (plus at most a ``.<name>.*.tmp`` file, removed by
+    ``remove_stale_temps``) or the new one, never a truncated one. An OSError (full disk, read-only folder)
+    names ``path``, removes the temporary file and leaves the previous file untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _umask_mode())  # mkstemp makes 0600 files; results are meant to be shared
+    tmp: str | None = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        try:
+            os.fchmod(fd, _umask_mode())  # mkstemp makes 0600 files; results are meant to be shared
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder`` (call only while holding its RunLock)."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -76,29 +114,20 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """One JSON object per line; flushed and fsynced so a kill loses at most the line being written."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """safetensors file written atomically; ``metadata`` values are JSON-encoded into the header."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _umask_mode())
-    os.close(fd)
-    try:
-        flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(flat, tmp, metadata={k: json.dumps(v, default=str) for k, v in metadata.items()})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    data = save_safetensors(flat, metadata={k: json.dumps(v, default=str) for k, v in metadata.items()})
+    atomic_write_bytes(path, data)
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -149,39 +178,120 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], wher
 
 
 class RunLock:
-    """One writer per run directory. The lock file holds the owner's pid; a lock whose pid is dead is taken over."""
+    """One writer per run directory: an exclusive ``flock`` on ``RUN/.lock``.
+
+    The kernel drops a flock when its process dies (SIGKILL included), so a dead writer never leaves the directory
+    stuck and a reused pid cannot fool it. The file records the owner (pid, process start time, host) for the
+    message a second writer gets. Where flock is unavailable (no ``fcntl``, or a file system answering ENOLCK) the
+    lock falls back to creating the file exclusively; a stale file is then recognised by its pid being dead or
+    belonging to a process with another start time (pid reuse), read from /proc.
+    """
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / ".lock"
         self.held = False
+        self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                locked = _flock(fd)
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(self._busy_message()) from None
+            except OSError:
+                os.close(fd)
+                raise
+            if not locked:
+                os.close(fd)
+                return self._acquire_exclusive()
+            # The previous owner may have unlinked the file between our open and flock: lock the file on disk.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            _write_all(fd, json.dumps(_me()).encode())
+            self._fd, self.held = fd, True
+            return self
+        raise UserError(f"cannot lock {self.path.parent} (lock file {self.path} keeps changing)")
+
+    def _acquire_exclusive(self) -> "RunLock":
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                pid = self._owner()
-                if pid is not None and pid != os.getpid() and _alive(pid):
-                    raise UserError(f"{self.path.parent} is in use by process {pid} (lock file {self.path})") from None
+                owner = self.owner()
+                if owner is not None and owner.get("pid") != os.getpid() and _owner_alive(owner):
+                    raise UserError(self._busy_message()) from None
                 self.path.unlink(missing_ok=True)  # stale: its owner is dead
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+                f.write(json.dumps(_me()))
             self.held = True
             return self
         raise UserError(f"cannot lock {self.path.parent}")
 
-    def _owner(self) -> int | None:
+    def owner(self) -> dict[str, Any] | None:
+        """What the lock file says about its owner (None if unreadable); old files hold a bare pid."""
         try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
+            text = self.path.read_text().strip()
+        except OSError:
             return None
+        try:
+            owner = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        if isinstance(owner, int):
+            return {"pid": owner}
+        return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+
+    def _busy_message(self) -> str:
+        owner = self.owner()
+        who = f"process {owner['pid']}" if owner else "another process"
+        if owner and owner.get("host") not in (None, socket.gethostname()):
+            who += f" on {owner['host']}"
+        return f"{self.path.parent} is in use by {who} (lock file {self.path}); wait for it to finish or stop it"
+
+    def check_free(self) -> None:
+        """Raise the 'in use' UserError if another live process holds the lock; takes nothing."""
+        if not self.path.exists():
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            if _flock(fd):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+        except BlockingIOError:
+            raise UserError(self._busy_message()) from None
+        finally:
+            os.close(fd)
+        owner = self.owner()  # no flock here: the pid fallback decides
+        if owner is not None and owner.get("pid") != os.getpid() and _owner_alive(owner):
+            raise UserError(self._busy_message())
 
     def release(self) -> None:
-        if self.held:
+        if not self.held:
+            return
+        if self._fd is not None:
+            try:  # unlink while still locked, then unlock by closing; a racing opener re-checks the inode
+                if os.fstat(self._fd).st_ino == os.stat(self.path).st_ino:
+                    self.path.unlink()
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+        else:
             self.path.unlink(missing_ok=True)
-            self.held = False
+        self.held = False
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -190,7 +300,50 @@ class RunLock:
         self.release()
 
 
+def _flock(fd: int) -> bool:
+    """Take an exclusive non-blocking flock: True when held, False when flock is unsupported here.
+
+    BlockingIOError propagates: someone else holds it.
+    """
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/<pid>/stat), None where /proc is unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # fields after "(comm)": state is field 3, starttime field 22
+
+
+def _me() -> dict[str, Any]:
+    return {"pid": os.getpid(), "start": process_start_time(os.getpid()), "host": socket.gethostname()}
+
+
+def _owner_alive(owner: dict[str, Any]) -> bool:
+    if owner.get("host") not in (None, socket.gethostname()):
+        return True  # cannot tell from here: refuse rather than risk two writers
+    pid = owner["pid"]
+    if not _alive(pid):
+        return False
+    start = owner.get("start")
+    return start is None or process_start_time(pid) in (None, start)  # another start time: a reused pid
+
+
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

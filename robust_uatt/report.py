@@ -11,42 +11,75 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def attack_table(result: dict[str, Any]) -> Table:
-    tm = result["threat_model"]
-    table = Table(title=f"{result['model']['name']} under {result['attack']}")
-    for col in ("model", "attack", "threat model", "n", "clean", "robust", "seconds"):
-        table.add_column(col, justify="right" if col in ("n", "clean", "robust", "seconds") else "left")
-    table.add_row(result["model"]["name"], result["attack"], threat_model_text(tm), str(result["n"]),
-                  _pct(result["clean_accuracy"]), _pct(result["robust_accuracy"]), f"{result['seconds']:.1f}")
-    return table
-
-
 def threat_model_text(tm: dict[str, Any]) -> str:
     if not tm["bounded"]:
-        return f"{tm['norm']} minimal (unbounded), {tm['steps']} {tm['steps_meaning']}"
-    return f"{tm['norm']} eps={tm['eps_text']} ({tm['eps']:.4g}), {tm['steps']} {tm['steps_meaning']}"
+        return f"{tm['norm']} minimal (unbounded)"
+    return f"{tm['norm']} eps={tm['eps_text']} ({tm['eps']:.4g})"
+
+
+def _attack_budget(row: dict[str, Any]) -> str:
+    extra = f", eot {row['eot']}" if row.get("eot", 1) > 1 else ""
+    return f"{row['steps']} {row['steps_meaning']}{extra}"
+
+
+def attack_table(result: dict[str, Any]) -> Table:
+    """Per-attack cascade rows, then the headline (worst case over the suite), then the checks."""
+    valid = result["valid"]
+    title = (f"{result['model']['name']} | {result['suite']['name']} | {threat_model_text(result['threat_model'])}"
+             f" | n={result['n']}" + ("" if valid else "  [bold red]INVALID[/]"))
+    table = Table(title=title)
+    for col in ("attack", "budget", "attacked", "broken", "robust after", "seconds", "fwd/bwd passes"):
+        table.add_column(col, justify="left" if col in ("attack", "budget") else "right")
+    for row in result["attacks"]:
+        table.add_row(row["name"], _attack_budget(row), str(row["attacked"]), str(row["broken"]),
+                      _pct(row["robust_accuracy_after"]), f"{row['seconds']:.1f}",
+                      f"{row['forward_passes']}/{row['backward_passes']}")
+    table.add_section()
+    table.add_row("[bold]clean[/]", "", "", "", _pct(result["clean_accuracy"]), "", "")
+    robust = _pct(result["robust_accuracy"]) if valid else f"[red]INVALID ({_pct(result['robust_accuracy'])})[/]"
+    table.add_row("[bold]worst case[/]", "per example, over all attacks", "", "", robust, f"{result['seconds']:.1f}",
+                  f"{result['forward_passes']}/{result['backward_passes']}")
+    if result.get("paper_protocol_accuracy") is not None:
+        table.add_row("paper protocol", "", "", "", _pct(result["paper_protocol_accuracy"]), "", "")
+        table.add_row("overestimation", "paper - worst case", "", "", _pct(result["overestimation"]), "", "")
+    for check in result.get("checks", []):
+        mark = {True: "[green]pass[/]", False: "[red]FAIL[/]" if check["gating"] else "[yellow]warn[/]",
+                None: "[dim]n/a[/]"}[check["passed"]]
+        table.add_row(f"check: {check['name']}", check["detail"], "", "", mark, "", "")
+    return table
 
 
 def attack_markdown(result: dict[str, Any]) -> str:
     tm = result["threat_model"]
-    lines = [
-        f"# {result['model']['name']}: {result['attack']}",
+    lines = [f"# {result['model']['name']}: {result['suite']['name']}", ""]
+    if not result["valid"]:
+        lines += ["**INVALID**: " + "; ".join(result["invalid_reasons"]), ""]
+    lines += [
+        f"Threat model: {threat_model_text(tm)} in {tm['eps_units']}; first {result['n']} test images "
+        f"({100 * result['data']['lossless_fraction']:.1f}% lossless); policy {result['policy']}; seed "
+        f"{result['seed']}; device {result['device']}.",
         "",
-        "| model | attack | threat model | n | clean | robust | seconds |",
-        "|---|---|---|---:|---:|---:|---:|",
-        f"| {result['model']['name']} | {result['attack']} | {threat_model_text(tm)} | {result['n']} | "
-        f"{_pct(result['clean_accuracy'])} | {_pct(result['robust_accuracy'])} | {result['seconds']:.1f} |",
-        "",
-        f"- weights: `{result['model']['weights']}`",
-        f"- data: {result['data']['source']} (first {result['n']} test images, "
-        f"{100 * result['data']['lossless_fraction']:.1f}% lossless)",
-        f"- eps in {tm['eps_units']}; alpha {tm['alpha']:.4g}; seed {result['seed']}; device {result['device']}",
-        f"- largest perturbation: Linf {result['max_linf']:.4g}, L2 {result['max_l2']:.4g}",
-        f"- command: `{result['command']}`",
-        f"- versions: torch {result['versions']['torch']}, torchattacks {result['versions']['torchattacks']}, "
-        f"robust-uatt {result['versions']['robust_uatt']} ({result['versions']['git_commit']})",
-        "",
+        "| attack | budget | attacked | broken | robust after | seconds | forward / backward passes |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
+    for row in result["attacks"]:
+        lines.append(f"| {row['name']} | {_attack_budget(row)} | {row['attacked']} | {row['broken']} | "
+                     f"{_pct(row['robust_accuracy_after'])} | {row['seconds']:.1f} | "
+                     f"{row['forward_passes']} / {row['backward_passes']} |")
+    lines += ["", f"- clean accuracy: {_pct(result['clean_accuracy'])}",
+              f"- robust accuracy (worst case per example over the suite): {_pct(result['robust_accuracy'])}"
+              + ("" if result["valid"] else " — INVALID")]
+    if result.get("paper_protocol_accuracy") is not None:
+        lines += [f"- paper protocol accuracy: {_pct(result['paper_protocol_accuracy'])}; overestimation "
+                  f"{_pct(result['overestimation'])}"]
+    if result.get("checks"):
+        lines += ["", "| check | result | detail |", "|---|---|---|"]
+        for c in result["checks"]:
+            status = {True: "pass", False: "FAIL" if c["gating"] else "warning", None: "not run"}[c["passed"]]
+            lines.append(f"| {c['name']} | {status}{' (gating)' if c['gating'] else ''} | {c['detail']} |")
+    lines += ["", f"- weights: `{result['model'].get('weights')}`", f"- command: `{result['command']}`",
+              f"- versions: torch {result['versions']['torch']}, torchattacks {result['versions']['torchattacks']}, "
+              f"robust-uatt {result['versions']['robust_uatt']} ({result['versions']['git_commit']})", ""]
     return "\n".join(lines)
 
 

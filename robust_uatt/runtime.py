@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,33 @@ def configure(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+@contextmanager
+def deterministic(device: torch.device, enabled: bool | None = None) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` for the duration, restored afterwards.
+
+    ``enabled=None`` means: on for the CPU (free there, and what makes a resumed run bit-identical to an
+    uninterrupted one), off for CUDA, where it costs speed (no cuDNN autotuning) and needs
+    ``CUBLAS_WORKSPACE_CONFIG``, which this sets to ``:4096:8`` unless already set (it must be set before CUDA's
+    first matmul: pass ``--deterministic`` from the start of a process). An op without a deterministic kernel
+    warns instead of failing (``warn_only``).
+    """
+    on = device.type == "cpu" if enabled is None else enabled
+    if not on:
+        yield
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
 
 
 def seed_all(seed: int) -> None:

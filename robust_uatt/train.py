@@ -7,13 +7,19 @@ autocast on CUDA only (bf16 on a CPU without AMX is ~10x slower); a model may de
 is trained with cross-entropy.
 
 Resumable: ``checkpoint.safetensors`` holds weights, optimizer state and both RNG states at an epoch end (and every
-``checkpoint_every`` steps), so a resumed run replays the exact same batches.
+``checkpoint_every`` steps), so a resumed run replays the exact same batches. Crash-safe: every file is written
+atomically (io.py), one process at a time holds the run directory (io.RunLock), Ctrl-C or SIGTERM checkpoints
+after the current step and prints the resume command (a second Ctrl-C stops at once, keeping the last checkpoint),
+and on the CPU deterministic algorithms are on, so a run killed with SIGKILL and resumed ends bit-identical to an
+uninterrupted one. A non-finite loss, or non-finite weights about to be checkpointed, stop the run
+(``TrainingDiverged``) and keep the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import math
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -30,8 +36,10 @@ from torch import nn
 from robust_uatt.data import Split, augment_crop_flip, load_split, to_float
 from robust_uatt.errors import UserError
 from robust_uatt.evaluation import accuracy
-from robust_uatt.io import RunLock, append_jsonl, load_state_into, load_tensors, read_json, save_tensors, write_json
+from robust_uatt.io import (RunLock, append_jsonl, atomic_write_text, load_state_into, load_tensors, read_json,
+                            remove_stale_temps, save_tensors, write_json)
 from robust_uatt.runtime import configure, seed_all, versions
+from robust_uatt.runtime import deterministic as deterministic_mode
 from robust_uatt.zoo import Recipe, count_params, create_model
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -43,6 +51,14 @@ METRICS = "metrics.jsonl"
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss: the run stops, the last good checkpoint stays."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM during training; ``signum`` gives the CLI its exit code (128 + signum)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def lr_at(step: int, total: int, cfg: dict[str, Any]) -> float:
@@ -102,7 +118,21 @@ def _pack(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) ->
 
 def _unpack(tensors: dict, meta: dict, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
             where: str) -> None:
+    """Restore a checkpoint; one that does not fit this run (or was tampered with) is a UserError."""
     load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, where)
+    try:
+        _unpack_state(tensors, meta, opt, gen)
+        for key in ("epoch", "step_in_epoch", "metrics_lines"):
+            if not isinstance(meta.get(key), int) or meta[key] < 0:
+                raise ValueError(f"bad or missing '{key}'")
+        if not isinstance(meta.get("partial", {}), dict):
+            raise ValueError("bad 'partial'")
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+        raise UserError(f"{where}: not a resumable checkpoint of this run ({e.__class__.__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _unpack_state(tensors: dict, meta: dict, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -118,26 +148,54 @@ def _unpack(tensors: dict, meta: dict, model: nn.Module, opt: torch.optim.Optimi
 
 
 def _truncate_lines(path: Path, keep: int) -> None:
+    """Keep the first ``keep`` lines (those the checkpoint accounts for), atomically."""
     if path.exists():
         lines = path.read_text().splitlines(keepends=True)[:keep]
-        path.write_text("".join(lines))
+        atomic_write_text(path, "".join(lines))
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 # ---- the loop --------------------------------------------------------------------------------------------------
 
 def train(recipe: Recipe, run_dir: Path, *, seed: int, device: torch.device, data_dir: str | None = None,
-          resume: bool = False, download: bool = True, console: Console | None = None) -> dict[str, Any]:
-    """Train ``recipe`` into ``run_dir``; returns the model card. ``resume`` continues from its checkpoint."""
+          resume: bool = False, download: bool = True, console: Console | None = None,
+          deterministic: bool | None = None) -> dict[str, Any]:
+    """Train ``recipe`` into ``run_dir``; returns the model card. ``resume`` continues from its checkpoint.
+
+    Data and model are checked before ``run_dir`` is touched, so a user error writes nothing. A fresh run that
+    fails before its first checkpoint (bad input, full disk) removes the directory it created.
+    ``deterministic``: see ``runtime.deterministic`` (None = on for the CPU only).
+    """
     console = console or Console(stderr=True)
-    with RunLock(run_dir):
-        return _train_locked(recipe, Path(run_dir), seed, device, data_dir, resume, download, console)
+    run_dir = Path(run_dir)
+    data = split_data(recipe, data_dir, download)
+    create_model(recipe)  # a recipe whose model cannot be built fails here, before anything is written
+    created = not resume and not run_dir.exists()
+    lock = RunLock(run_dir).acquire()
+    try:
+        remove_stale_temps(run_dir)  # left by a writer killed mid-write; we hold the lock, so none is live
+        with deterministic_mode(device, deterministic):
+            return _train_locked(recipe, run_dir, seed, device, data_dir, data, resume, console)
+    except (UserError, OSError):
+        if created and not (run_dir / CHECKPOINT).exists():
+            for f in (run_dir / CONFIG, run_dir / METRICS):
+                f.unlink(missing_ok=True)
+            remove_stale_temps(run_dir)
+        raise
+    finally:
+        lock.release()
+        if created and not any(run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device, data_dir: str | None,
-                  resume: bool, download: bool, console: Console) -> dict[str, Any]:
+                  data: tuple[Split, Split, Split], resume: bool, console: Console) -> dict[str, Any]:
     configure(device)
     t = recipe.train
-    train_set, val_set, test_set = split_data(recipe, data_dir, download)
+    train_set, val_set, test_set = data
     seed_all(seed)
     model = create_model(recipe).to(device)
     opt = make_optimizer(model, t)
@@ -160,21 +218,30 @@ def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device
     else:
         write_json(run_dir / CONFIG, {"recipe": recipe.to_dict(), "seed": seed, "device": str(device),
                                       "data_dir": data_dir, "argv": sys.argv, "versions": versions()})
-        metrics_path.write_text("")
+        atomic_write_text(metrics_path, "")
 
     def save_checkpoint(epoch: int, step_in_epoch: int, running: dict[str, Any] | None = None) -> None:
+        if not _all_finite(model):  # never replace the last good checkpoint with a diverged one
+            raise TrainingDiverged(
+                f"non-finite weights after step {epoch * steps_per_epoch + step_in_epoch - 1} (epoch "
+                f"{epoch + (1 if step_in_epoch else 0)}); the last good checkpoint is "
+                f"{ckpt_path if ckpt_path.exists() else 'none (nothing was checkpointed yet)'}")
         tensors, meta = _pack(model, opt, gen)
         meta.update(epoch=epoch, step_in_epoch=step_in_epoch, metrics_lines=metrics_lines, seed=seed,
                     recipe=recipe.to_dict(), partial=running or {})
         save_tensors(ckpt_path, tensors, meta)
 
-    stop = {"now": False}
-    previous = signal.getsignal(signal.SIGINT)
+    stop: dict[str, int | None] = {"now": None}  # the signal number once Ctrl-C / SIGTERM arrived
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in handled}
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        stop["now"] = True  # finish the current step, checkpoint, then leave
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop["now"] is not None:
+            raise Interrupted(signum)  # the second one: stop at once; the last checkpoint stays whole (atomic)
+        stop["now"] = signum  # the first one: finish the current step, checkpoint, then leave
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for sig in handled:
+        signal.signal(sig, on_signal)
     use_amp = device.type == "cuda"
     custom_loss = getattr(model, "training_loss", None)
     after_step = getattr(model, "after_optimizer_step", None)
@@ -239,11 +306,11 @@ def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device
                         console.print(f"epoch {epoch + 1} step {step_in_epoch + 1}/{steps_per_epoch}: loss "
                                       f"{sums['loss'] / seen:.4f} acc {correct / seen:.3f} {ips:.0f} img/s")
                     done = step_in_epoch + 1
-                    if stop["now"] or (t["checkpoint_every"] and done % t["checkpoint_every"] == 0
-                                       and done < steps_per_epoch):
+                    if stop["now"] is not None or (t["checkpoint_every"] and done % t["checkpoint_every"] == 0
+                                                   and done < steps_per_epoch):
                         save_checkpoint(epoch, done, {"seen": seen, "correct": correct, "sums": sums})
-                        if stop["now"]:
-                            raise KeyboardInterrupt
+                        if stop["now"] is not None:
+                            raise Interrupted(stop["now"])
             train_seconds = time.perf_counter() - t0
             val_acc = accuracy(model, val_set.x, val_set.y, t["eval_batch_size"], device)
             record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
@@ -255,15 +322,24 @@ def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device
             append_jsonl(metrics_path, record)
             metrics_lines += 1
             save_checkpoint(epoch + 1, 0)
+            if stop["now"] is not None:  # the signal came during validation: this checkpoint is the one
+                raise Interrupted(stop["now"])
             console.print(f"epoch {epoch + 1}/{t['epochs']}: loss {record['train_loss']:.4f}  "
                           f"train acc {record['train_acc']:.4f}  val acc {val_acc:.4f}  "
                           f"{record['images_per_s']:.0f} images/s")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         resume_cmd = f"robust-uatt train {shlex.quote(recipe.name)} --resume {shlex.quote(str(run_dir))}"
-        console.print(f"interrupted: checkpoint saved in {ckpt_path}\nresume with: {resume_cmd}")
+        if ckpt_path.exists():
+            console.print(f"interrupted: checkpoint saved in {ckpt_path}\nresume with: {resume_cmd}",
+                          markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print("interrupted before the first checkpoint: nothing to resume", markup=False)
+        if not isinstance(e, Interrupted):
+            raise Interrupted(signal.SIGINT) from None
         raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     return _finish(recipe, run_dir, model, seed, device, train_set, val_set, test_set, started, console)
 
@@ -292,8 +368,10 @@ def _finish(recipe: Recipe, run_dir: Path, model: nn.Module, seed: int, device: 
     card["wall_seconds_this_session"] = time.perf_counter() - started
     card["command"] = " ".join(shlex.quote(a) for a in config.get("argv", []))
     state = {k: v for k, v in model.state_dict().items()}
-    save_tensors(run_dir / WEIGHTS, state, {"recipe": recipe.to_dict(), "seed": seed, "kind": "robust-uatt model"})
+    # The card first, the weights last: model.safetensors is what marks a run finished (a kill in between leaves a
+    # resumable run, never a "finished" one without its card).
     write_json(run_dir / CARD, card)
+    save_tensors(run_dir / WEIGHTS, state, {"recipe": recipe.to_dict(), "seed": seed, "kind": "robust-uatt model"})
     console.print(f"done: test accuracy {test_acc:.4f} on {len(test_set)} images; weights in {run_dir / WEIGHTS}")
     return card
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,13 @@ DATA_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "piece_size": (int, 8),
     "clutter_seed": (int, 0),
 }
+# Bounds for numbers (inclusive; None = open): a negative lr or a label smoothing of 3 is a typo, not a recipe.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "epochs": (1, None), "batch_size": (1, None), "eval_batch_size": (1, None), "lr": (0, None),
+    "momentum": (0, 1), "weight_decay": (0, None), "warmup": (0, 1), "label_smoothing": (0, 1), "grad_clip": (0, None),
+    "limit_train": (0, None), "limit_val": (0, None), "limit_test": (0, None), "checkpoint_every": (0, None),
+    "holdout": (0, None), "canvas": (1, None), "pieces": (0, None), "piece_size": (1, None), "clutter_seed": (0, None),
+}
 TOP_KEYS = {"description", "dataset", "paper", "model", "data", "train", "presets"}
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -125,9 +133,12 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "recipe") -> "Recipe":
         """Rebuild from ``to_dict`` output (checkpoint metadata, config.json), validating it again."""
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: the recipe must be a table, got {type(d).__name__}")
         raw = {k: d.get(k) for k in ("description", "dataset", "paper", "model", "data", "train") if d.get(k)}
         recipe = _validate(raw, str(d.get("name", "?")), where)
-        recipe.preset = d.get("preset")
+        preset = d.get("preset")
+        recipe.preset = preset if isinstance(preset, str) else None
         return recipe
 
 
@@ -176,6 +187,13 @@ def _check_table(table: Any, schema: dict, where: str, section: str) -> dict[str
             raise UserError(f"{where}: [{section}] {key} must be {_tname(types)}, got a boolean")
         if not isinstance(value, types):
             raise UserError(f"{where}: [{section}] {key} must be {_tname(types)}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{where}: [{section}] {key} must be a finite number, got {value}")
+        low, high = RANGES.get(key, (None, None))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                (low is not None and value < low) or (high is not None and value > high)):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise UserError(f"{where}: [{section}] {key} must be {bounds}, got {value}")
         out[key] = value
     return {k: out.get(k, default) for k, (_, default) in schema.items()}
 
@@ -188,7 +206,7 @@ def _check_model(table: Any, where: str) -> dict[str, Any]:
     if not isinstance(table, dict) or "arch" not in table:
         raise UserError(f"{where}: [model] needs an 'arch' ({', '.join(sorted(ARCHITECTURES))})")
     arch = table["arch"]
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise unknown_name(f"architecture in {where}:", str(arch), ARCHITECTURES)
     params = builder_params(arch)
     for key, value in table.items():
@@ -199,6 +217,8 @@ def _check_model(table: Any, where: str) -> dict[str, Any]:
         default = params[key].default
         if default is not inspect.Parameter.empty and default is not None and not _same_kind(value, default):
             raise UserError(f"{where}: [model] {key} must be {type(default).__name__}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{where}: [model] {key} must be a finite number, got {value}")
     return dict(table)
 
 
@@ -217,7 +237,7 @@ def _validate(raw: dict[str, Any], name: str, where: str) -> Recipe:
         if key not in TOP_KEYS:
             raise unknown_name(f"top-level key in {where}:", key, TOP_KEYS)
     dataset = raw.get("dataset")
-    if dataset not in DATASETS:
+    if not isinstance(dataset, str) or dataset not in DATASETS:
         raise unknown_name(f"dataset in {where}:", str(dataset), DATASETS)
     train = _check_table(raw.get("train", {}), TRAIN_SCHEMA, where, "train")
     data = _check_table(raw.get("data", {}), DATA_SCHEMA, where, "data")
@@ -240,11 +260,13 @@ def load_recipe(name: str, preset: str | None = None) -> Recipe:
     """Read, merge the preset into, and validate a recipe by zoo name (or a path to a .toml file)."""
     path = _recipe_path(name)
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: invalid TOML ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read recipe ({e.strerror or e})") from None
     presets = raw.pop("presets", {}) if isinstance(raw.get("presets", {}), dict) else None
-    if presets is None:
+    if presets is None or not all(isinstance(v, dict) for v in presets.values()):
         raise UserError(f"{path}: [presets] must be a table of tables")
     if preset is not None:
         if preset not in presets:
@@ -266,8 +288,13 @@ def create_model(recipe: Recipe) -> nn.Module:
     kwargs = {k: tuple(v) if isinstance(v, list) and isinstance(params[k].default, tuple) else v
               for k, v in kwargs.items()}
     c, h, _ = dataset_shape(recipe.dataset, recipe.data)
-    return ARCHITECTURES[recipe.model["arch"]](num_classes=info.num_classes, in_channels=c, image_size=h,
-                                              mean=info.mean, std=info.std, **kwargs)
+    try:
+        return ARCHITECTURES[recipe.model["arch"]](num_classes=info.num_classes, in_channels=c, image_size=h,
+                                                  mean=info.mean, std=info.std, **kwargs)
+    except (ValueError, RuntimeError, TypeError) as e:  # a [model] value the builder rejects (sizes, counts)
+        first = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise UserError(f"{recipe.source or recipe.name}: [model] cannot build {recipe.model['arch']}: {first}") \
+            from e
 
 
 def count_params(model: nn.Module) -> int:

@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from robust_uatt.selftest import synthetic_squares
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def synthetic_images(n: int, hw: int, channels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Separable classes: class k is a bright square at one of 10 fixed places over low-amplitude noise."""
-    rng = np.random.default_rng(seed)
-    y = (np.arange(n) % 10).astype(np.int64)
-    rng.shuffle(y)
-    x = rng.integers(0, 60, size=(n, hw, hw, channels), dtype=np.uint8)
-    s = hw // 4
-    for k in range(10):
-        r, c = (k // 4) * s, (k % 4) * s
-        x[y == k, r:r + s, c:c + s, :] = 230
-    return (x[..., 0] if channels == 1 else x), y
+synthetic_images = synthetic_squares  # the generator selftest also uses (robust_uatt.selftest)
 
 
 @pytest.fixture(scope="session")

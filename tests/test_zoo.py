@@ -16,7 +16,7 @@ def test_registry_lists_the_vgg_recipe_and_presets() -> None:
     recipe = load_recipe("cifar10-vgg")
     assert {"smoke", "cpu"} <= set(recipe.presets)
     smoke = load_recipe("cifar10-vgg", "smoke")
-    assert smoke.model["width"] < recipe.model["width"] and smoke.train["epochs"] == 1
+    assert smoke.model["width"] < recipe.model["width"] and smoke.train["epochs"] < recipe.train["epochs"]
     assert smoke.train["lr"] == recipe.train["lr"]  # untouched keys survive the merge
 
 

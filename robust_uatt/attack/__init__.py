@@ -1,71 +1,42 @@
-"""Attacks by name. Each entry adapts a torchattacks attack (not rewritten) to one shape:
-``build(model, eps, alpha, steps, seed) -> attack`` where ``attack(x, y) -> x_adv``."""
+"""Attacks by name: each a short class with the same shape (``robust_uatt.attack.base.Attack``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from robust_uatt.attack.autoattack import AutoAttackStandard
+from robust_uatt.attack.base import Attack, Budget
+from robust_uatt.attack.noise import UniformNoise
+from robust_uatt.attack.pgd import PGDBPDA, PGDCE, PGDEq14, RegionEnum
+from robust_uatt.attack.torchattacks_suite import TAAPGDCE, TAAPGDDLR, TACW, TAFGSM, TAPGD, TASquare
+from robust_uatt.attack.transfer import Transfer
+from robust_uatt.errors import UserError, unknown_name
 
-import torch
-from torch import nn
-
-from robust_uatt.errors import unknown_name
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    name: str
-    norm: str  # "Linf" or "L2"
-    bounded: bool  # False: a minimal-perturbation attack (CW); eps does not bound it
-    default_steps: int
-    steps_meaning: str  # "iterations" or "queries"
-    build: Callable[[nn.Module, float, float, int, int], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
-    description: str
-
-
-def _pgd(model, eps, alpha, steps, seed):
-    import torchattacks
-
-    return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-
-
-def _fgsm(model, eps, alpha, steps, seed):
-    import torchattacks
-
-    return torchattacks.FGSM(model, eps=eps)
-
-
-def _apgd_ce(model, eps, alpha, steps, seed):
-    import torchattacks
-
-    return torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed)
-
-
-def _cw(model, eps, alpha, steps, seed):
-    import torchattacks
-
-    return torchattacks.CW(model, c=1.0, kappa=0.0, steps=steps, lr=0.01)
-
-
-def _square(model, eps, alpha, steps, seed):
-    import torchattacks
-
-    return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=steps, n_restarts=1, seed=seed)
-
-
-ATTACKS: dict[str, AttackSpec] = {
-    a.name: a for a in [
-        AttackSpec("pgd", "Linf", True, 20, "iterations", _pgd, "PGD with random start, CE loss (torchattacks.PGD)"),
-        AttackSpec("fgsm", "Linf", True, 1, "iterations", _fgsm, "one signed-gradient step (torchattacks.FGSM)"),
-        AttackSpec("apgd-ce", "Linf", True, 50, "iterations", _apgd_ce, "Auto-PGD, CE loss (torchattacks.APGD)"),
-        AttackSpec("cw", "L2", False, 50, "iterations", _cw,
-                   "Carlini-Wagner L2, c=1, kappa=0 (torchattacks.CW): minimal perturbation, not eps-bounded"),
-        AttackSpec("square", "Linf", True, 5000, "queries", _square, "Square attack, black-box (torchattacks.Square)"),
-    ]
+ATTACKS: dict[str, type[Attack]] = {
+    a.name: a for a in (TAPGD, TAFGSM, TAAPGDCE, TAAPGDDLR, TACW, TASquare, AutoAttackStandard, PGDCE, PGDEq14,
+                        PGDBPDA, RegionEnum, UniformNoise, Transfer)
 }
 
 
-def get_attack(name: str) -> AttackSpec:
+def get_attack(name: str) -> type[Attack]:
     if name not in ATTACKS:
         raise unknown_name("attack", name, ATTACKS)
     return ATTACKS[name]
+
+
+def build_attack(name: str, *, eps: float, alpha: float | None = None, steps: int | None = None, seed: int = 0,
+                 eot: int = 1, options: dict | None = None) -> Attack:
+    """An attack with its budget; alpha defaults to 2.5 * eps / steps (Madry et al.)."""
+    cls = get_attack(name)
+    options = dict(options or {})
+    unknown = set(options) - set(cls.options) - {"n_classes"}
+    if unknown:
+        raise unknown_name(f"option of attack {name}:", sorted(unknown)[0], cls.options)
+    steps = steps or cls.default_steps
+    if steps <= 0:
+        raise UserError(f"steps must be positive, got {steps}")
+    if eot <= 0:
+        raise UserError(f"eot must be positive, got {eot}")
+    alpha = alpha if alpha is not None else 2.5 * eps / steps
+    return cls(Budget(eps=eps, alpha=alpha, steps=steps, seed=seed, eot=eot, options=options))
+
+
+__all__ = ["ATTACKS", "Attack", "Budget", "build_attack", "get_attack"]

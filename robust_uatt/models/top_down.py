@@ -105,6 +105,7 @@ class TopDown(nn.Module):
         self.exploration = exploration
         self.epsilon = epsilon
         self.temperature = temperature
+        self.forced_action: int | None = None  # attack-time override of the first decision (region enumeration)
         self.gamma = gamma
         self.target_sync = target_sync
         self.crop = max(1, round(image_size / 2**levels))  # q: sampling side of one quadrant
@@ -151,7 +152,10 @@ class TopDown(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- decisions
     def _act(self, q: Tensor) -> Tensor:
-        """Greedy in eval mode; epsilon-greedy or softmax(Q / T) sampling in train mode."""
+        """Greedy in eval mode; epsilon-greedy or softmax(Q / T) sampling in train mode; ``forced_action`` (set by
+        the region-enumeration attack) overrides the first decision."""
+        if self.forced_action is not None:
+            return torch.full((q.shape[0],), int(self.forced_action), dtype=torch.long, device=q.device)
         greedy = q.argmax(dim=1)
         if not self.training:
             return greedy
@@ -185,6 +189,19 @@ class TopDown(nn.Module):
         else:
             l0 = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2], dim=1)
         return TopDownChoice(torch.stack(actions, dim=1), box, l0, qs, states, obs_list)
+
+    def soft_l0(self, x: Tensor, tau: float) -> Tensor:
+        """A differentiable stand-in for the first decision's region centre: sum_a softmax(Q/tau)_a * centre_a.
+
+        Used by BPDA attacks (the argmax over Q has zero gradient w.r.t. the pixels); only the first decision level
+        is relaxed, which is the whole choice in the paper's 2-level setting.
+        """
+        b = x.shape[0]
+        box = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=x.dtype, device=x.device).expand(b, 4).contiguous()
+        q = self.q_net(self.observe(self.pyramid(x)[0], box))
+        centres = torch.stack([self.quadrant(box, torch.full((b,), a, device=x.device)) for a in range(4)], dim=1)
+        centres = torch.stack([(centres[..., 0] + centres[..., 2]) / 2, (centres[..., 1] + centres[..., 3]) / 2], -1)
+        return (F.softmax(q / tau, dim=1).unsqueeze(-1) * centres).sum(dim=1)
 
     # --------------------------------------------------------------------------------------------- learning
     def q_loss(self, choice: TopDownChoice, reward: Tensor) -> Tensor:

@@ -131,6 +131,11 @@ class UATT(nn.Module):
         self.lam, self.beta1, self.beta2 = lam, beta1, beta2
         self.fusion = fusion
         self._policy = policy
+        # Attack-time switches (set through robust_uatt.attack.base.attack_switches, restored afterwards):
+        # grad_path "vgg" detaches the glimpse/top-down input so gradients reach x only through the VGG features (the
+        # paper's PGD protocol); bpda_tau relaxes the top-down argmax to softmax(Q/tau) in the backward pass.
+        self.grad_path = "full"
+        self.bpda_tau: float | None = None
 
         norm_mean = tuple(mean) if mean is not None else None
         norm_std = tuple(std) if std is not None else None
@@ -184,7 +189,11 @@ class UATT(nn.Module):
 
     def _initial_location(self, x: Tensor, choice: TopDownChoice | None) -> Tensor:
         if choice is not None:
-            return choice.l0.to(x.dtype)
+            l0 = choice.l0.to(x.dtype)
+            if self.bpda_tau is not None and self.top_down is not None:
+                soft = self.top_down.soft_l0(x, self.bpda_tau)
+                l0 = l0 + (soft - soft.detach())  # forward: the argmax region's centre; backward: the soft centre
+            return l0
         if self.location_control == "random" or (self.location_control == "learned" and self.stochastic):
             return self._uniform(x)
         return x.new_zeros(x.shape[0], 2)
@@ -193,6 +202,8 @@ class UATT(nn.Module):
     def rollout(self, x: Tensor, y: Tensor | None = None) -> Rollout:
         """Run T glimpses on x (B, C, H, W) in [0, 1]; with ``y`` also compute Eq. 11's context logits."""
         feat = self.backbone.features_vector(x) if self.backbone is not None else None
+        if self.grad_path == "vgg":
+            x = x.detach()  # the paper's attack: d loss / d x only through feat = VGG(x) (Eq. 16)
         choice = self.top_down.select(x) if self.top_down is not None else None
         loc = self._initial_location(x, choice)
         state = self.core.initial_state(x.shape[0], x)

@@ -1,0 +1,31 @@
+"""Transfer: adversarial examples made with our PGD-CE on a *source* model (e.g. plain VGG16), evaluated on the
+target. The source comes from ``options["source_model"]`` (an nn.Module the CLI loads from ``--source``)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from robust_uatt.attack.base import Attack, per_example_uniform
+from robust_uatt.attack.pgd import pgd
+from robust_uatt.errors import UserError
+
+
+class Transfer(Attack):
+    name = "transfer"
+    white_box = False
+    description = "PGD-CE on a source model, evaluated on the target (black-box transfer)"
+    default_steps = 30
+    options = {"source_model": None, "source": None}
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
+        source = self.opts["source_model"]
+        if source is None:
+            raise UserError("the transfer attack needs a source model: --source MODEL")
+        b = self.budget
+        init = per_example_uniform(x, index, b.eps, b.seed, salt=77)
+        return pgd(source, x, y, eps=b.eps, alpha=b.alpha, steps=b.steps, init=init, early_stop=False)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["options"] = {"source": self.opts.get("source")}
+        return d

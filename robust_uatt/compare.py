@@ -1,0 +1,550 @@
+"""Our attack results beside RobustBench leaderboard rows of the SAME threat model, never mixed across threat models.
+
+A robust accuracy means something only for one threat model: dataset, norm (Linf / L2 / corruptions) and radius
+eps. So every result of ours is matched to the leaderboard rows with the same dataset, norm and eps; a result without
+such rows (other eps, other norm, other dataset, an unbounded attack, ``valid: false``) is listed separately as
+"not comparable" with the reason, and never ranked. When nothing at all is comparable the comparison is refused
+(UserError naming our threat models and the leaderboard's).
+
+eps matching: RobustBench writes most Linf radii as ``8/255`` but some entries as ``0.031`` (8/255 rounded to three
+decimals), so two radii are equal when ``|a - b| <= EPS_TOL`` = 5e-4 (half a unit of the third decimal). 8/255 and
+0.031 match; 8/255 and 4/255 (0.0157) or 0.03 do not.
+
+Units: leaderboard accuracies are percent (keys ``*_pct``), ours are fractions in [0, 1] (keys ``*_fraction``),
+eps is in pixel units of images scaled to [0, 1].
+
+Leaderboard rows shown in the table (the JSON lists all comparable rows): the top ``top`` by robust accuracy, the
+undefended ``Standard`` model, and every (PreAct)ResNet-18 for scale; our rows are placed by robust accuracy among
+all comparable rows (rank = 1 + number of leaderboard rows with strictly higher robust accuracy).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from robust_uatt.errors import UserError
+
+EPS_TOL = 5e-4
+THREAT_MODELS = ("Linf", "L2", "corruptions", "corruptions_3d")
+UNBOUNDED = ("corruptions", "corruptions_3d")  # no eps: the threat model is a fixed set of corruptions
+METRICS = ("autoattack_acc", "corruptions_acc", "corruptions_acc_3d")
+_SCALE_ARCH = re.compile(r"\b(PreAct)?ResNet-?18\b", re.IGNORECASE)
+_NORMS = {"linf": "Linf", "l_inf": "Linf", "inf": "Linf", "l-inf": "Linf", "l2": "L2", "l_2": "L2", "2": "L2"}
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+def parse_eps_text(value: Any) -> float | None:
+    """'8/255', '0.031', 0.5 -> float; empty, 'null' or unparsable -> None (the leaderboard leaves eps blank)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    text = str(value).strip()
+    if not text or text.lower() in ("null", "none", "nan"):
+        return None
+    num, _, den = text.partition("/")
+    try:
+        out = float(Fraction(num.strip())) / (float(Fraction(den.strip())) if den else 1.0)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def eps_equal(a: float | None, b: float | None) -> bool:
+    """Equal within RobustBench's 3-decimal rounding (see the module docstring); None equals nothing."""
+    return a is not None and b is not None and abs(a - b) <= EPS_TOL
+
+
+def _percent(value: Any) -> float | None:
+    """Leaderboard accuracy (a percent string like '93.60', or a number) -> float percent, else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip().rstrip("%").strip()
+    try:
+        out = float(text)
+    except ValueError:
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _flag(value: Any) -> bool:
+    return value is True or str(value).strip().lower() == "true"
+
+
+def _norm(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return _NORMS.get(text.lower(), text)
+
+
+def _eps_label(eps: float | None, text: str | None) -> str:
+    if eps is None:
+        return text or "-"
+    if text and parse_eps_text(text) is not None and abs(parse_eps_text(text) - eps) < 1e-12 and "/" in text:
+        return f"{text} ({eps:.4g})"
+    return text or f"{eps:.4g}"
+
+
+# ------------------------------------------------------------------------------------------------ leaderboard
+@dataclass
+class LeaderboardRow:
+    model_id: str
+    name: str
+    architecture: str
+    dataset: str
+    threat_model: str
+    eps: float | None
+    eps_text: str
+    clean_acc_pct: float | None
+    robust_acc_pct: float | None
+    metric: str
+    unreliable: bool
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "name": self.name, "architecture": self.architecture,
+                "clean_acc_pct": self.clean_acc_pct, "robust_acc_pct": self.robust_acc_pct, "metric": self.metric,
+                "eps": self.eps, "eps_text": self.eps_text, "unreliable": self.unreliable, "source": self.source}
+
+
+def _row_from_record(rec: dict[str, Any], dataset: str, threat_model: str, source: str) -> LeaderboardRow:
+    metric = next((m for m in METRICS if rec.get(m) not in (None, "")), METRICS[0])
+    eps_text = "" if rec.get("eps") is None else str(rec.get("eps")).strip()
+    return LeaderboardRow(
+        model_id=str(rec.get("model_id") or Path(source).stem).strip(),
+        name=" ".join(str(rec.get("name") or "").split()),  # one RobustBench name ends in a newline
+        architecture=" ".join(str(rec.get("architecture") or "").split()),
+        dataset=str(rec.get("dataset") or dataset).strip() or dataset, threat_model=threat_model,
+        eps=None if threat_model in UNBOUNDED else parse_eps_text(eps_text), eps_text=eps_text,
+        clean_acc_pct=_percent(rec.get("clean_acc")), robust_acc_pct=_percent(rec.get(metric)), metric=metric,
+        unreliable=_flag(rec.get("unreliable")), source=source)
+
+
+def _csv_threat_model(path: Path) -> tuple[str, str] | None:
+    """'cifar10_Linf.csv' -> ('cifar10', 'Linf'); other CSVs (e.g. the unaggregated corruptions table) -> None."""
+    dataset, _, tm = path.stem.partition("_")
+    return (dataset, tm) if dataset and tm in THREAT_MODELS else None
+
+
+def _read_csv(path: Path) -> list[LeaderboardRow]:
+    dataset, tm = _csv_threat_model(path)  # type: ignore[misc]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:  # csv module: a quoted name may hold a newline
+            records = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: unreadable leaderboard CSV ({e})") from None
+    if records and "model_id" not in records[0]:
+        raise UserError(f"{path}: not a RobustBench leaderboard CSV (no model_id column)")
+    return [_row_from_record(r, dataset, tm, str(path)) for r in records]
+
+
+def _read_model_info_json(path: Path) -> LeaderboardRow | None:
+    """model_info/<dataset>/<threat_model>/<model_id>.json -> one row; files elsewhere in the tree are ignored."""
+    tm, dataset = path.parent.name, path.parent.parent.name
+    if tm not in THREAT_MODELS:
+        return None
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable leaderboard entry ({e.__class__.__name__})") from None
+    if not isinstance(rec, dict):
+        raise UserError(f"{path}: leaderboard entry is not a JSON object")
+    rec.setdefault("model_id", path.stem)
+    return _row_from_record(rec, dataset, tm, str(path))
+
+
+def default_leaderboard() -> Path:
+    """$ROBUST_UATT_DATA/robustbench, the offline copy of the leaderboard."""
+    data = os.environ.get("ROBUST_UATT_DATA")
+    path = Path(data) / "robustbench" if data else None
+    if path is None or not path.exists():
+        raise UserError("no leaderboard: pass --leaderboard DIR (RobustBench model_info/ or <dataset>_<threat>.csv "
+                        "files), or set ROBUST_UATT_DATA to a folder with robustbench/ in it")
+    return path
+
+
+def read_leaderboard(source: str | Path) -> list[LeaderboardRow]:
+    """All rows of a leaderboard CSV, a folder of CSVs, or a model_info/ tree; duplicates (same id) kept once."""
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"{source}: leaderboard not found")
+    files = [source] if source.is_file() else sorted(source.rglob("*.csv")) + sorted(source.rglob("*.json"))
+    rows: list[LeaderboardRow] = []
+    for path in files:
+        if path.suffix == ".csv" and _csv_threat_model(path):
+            rows.extend(_read_csv(path))
+        elif path.suffix == ".json":
+            row = _read_model_info_json(path)
+            rows.extend([row] if row else [])
+    if not rows:
+        raise UserError(f"{source}: no leaderboard rows (want <dataset>_<Linf|L2|corruptions>.csv files or "
+                        f"model_info/<dataset>/<threat_model>/<id>.json)")
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for row in rows:
+        key = (row.dataset, row.threat_model, row.model_id)
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
+
+
+@dataclass
+class ThreatClass:
+    """One leaderboard threat model: dataset + norm + one eps (rows within EPS_TOL of each other)."""
+    dataset: str
+    norm: str
+    eps: float | None
+    eps_text: str
+    rows: list[LeaderboardRow] = field(default_factory=list)
+
+    def label(self) -> str:
+        eps = "" if self.norm in UNBOUNDED else f" eps={_eps_label(self.eps, self.eps_text)}"
+        return f"{self.dataset} {self.norm}{eps}"
+
+    def matches(self, dataset: str, norm: str | None, eps: float | None) -> bool:
+        return (dataset == self.dataset and norm == self.norm and self.norm not in UNBOUNDED
+                and any(eps_equal(eps, r.eps) for r in self.rows))
+
+
+def threat_classes(rows: list[LeaderboardRow]) -> list[ThreatClass]:
+    """Group rows by dataset, norm and eps (chained within EPS_TOL); rows without eps are left out (no radius)."""
+    classes: list[ThreatClass] = []
+    for row in rows:
+        if row.threat_model not in UNBOUNDED and row.eps is None:
+            continue
+        for c in classes:
+            if (c.dataset, c.norm) == (row.dataset, row.threat_model) and (
+                    row.threat_model in UNBOUNDED or any(eps_equal(row.eps, r.eps) for r in c.rows)):
+                c.rows.append(row)
+                break
+        else:
+            classes.append(ThreatClass(row.dataset, row.threat_model, row.eps, row.eps_text, [row]))
+    for c in classes:  # the most common spelling names the class ('8/255' rather than '0.031')
+        if c.norm not in UNBOUNDED:
+            c.eps_text = Counter(r.eps_text for r in c.rows).most_common(1)[0][0]
+            c.eps = parse_eps_text(c.eps_text)
+    return classes
+
+
+# ------------------------------------------------------------------------------------------------ our results
+@dataclass
+class OurResult:
+    path: str
+    model: str
+    label: str
+    dataset: str
+    norm: str | None
+    eps: float | None
+    eps_text: str
+    clean_accuracy: float | None
+    robust_accuracy: float | None
+    n: int | None
+    valid: bool
+    lossless_fraction: float | None
+    problem: str | None = None  # why it cannot be compared whatever the leaderboard holds
+
+    def threat_label(self) -> str:
+        eps = "unbounded" if self.eps is None else _eps_label(self.eps, self.eps_text)
+        return f"{self.dataset} {self.norm or '?'} eps={eps}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "label": self.label, "path": self.path, "dataset": self.dataset,
+                "norm": self.norm, "eps": self.eps, "eps_text": self.eps_text,
+                "clean_accuracy_fraction": self.clean_accuracy, "robust_accuracy_fraction": self.robust_accuracy,
+                "clean_acc_pct": _to_pct(self.clean_accuracy), "robust_acc_pct": _to_pct(self.robust_accuracy),
+                "n": self.n, "valid": self.valid, "lossless_fraction": self.lossless_fraction}
+
+
+def _to_pct(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 4)
+
+
+def _fraction(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _our_eps(tm: dict[str, Any]) -> tuple[float | None, str]:
+    """eps of a results.json threat model; an unbounded attack (or one without eps) has None."""
+    text = "" if tm.get("eps_text") is None else str(tm["eps_text"])
+    if tm.get("bounded") is False:
+        return None, text
+    eps = _fraction(tm.get("eps"))
+    if eps is None and "eps" not in tm:
+        eps = parse_eps_text(text)
+    return eps, text
+
+
+def _problem(res: dict[str, Any], norm: str | None, eps: float | None, robust: float | None) -> str | None:
+    if res.get("valid") is False:
+        why = res.get("invalid_reasons")
+        return "INVALID result (valid: false)" + (f": {why[0]}" if isinstance(why, list) and why else "")
+    if norm is None:
+        return "results.json has no threat_model.norm"
+    if eps is None:
+        return "unbounded attack (no eps): no leaderboard threat model"
+    if robust is None:
+        return "results.json has no robust_accuracy"
+    return None
+
+
+def parse_result(res: Any, path: str) -> OurResult:
+    """One results.json -> OurResult; missing optional fields are fine, missing essentials become a problem."""
+    res = _dict(res)
+    tm, model, data = _dict(res.get("threat_model")), _dict(res.get("model")), _dict(res.get("data"))
+    norm = _norm(tm.get("norm"))
+    eps, eps_text = _our_eps(tm)
+    robust = _fraction(res.get("robust_accuracy"))
+    suite = res.get("suite")  # the harness writes {"name": ..., "description": ...}; accept a plain label too
+    label = (suite.get("name") if isinstance(suite, dict) else suite) or res.get("attack") or "?"
+    n = res.get("n")
+    return OurResult(path=path, model=str(model.get("name") or model.get("label") or Path(path).parent.name),
+                     label=str(label), dataset=str(data.get("dataset") or "cifar10"), norm=norm, eps=eps,
+                     eps_text=eps_text, clean_accuracy=_fraction(res.get("clean_accuracy")), robust_accuracy=robust,
+                     n=n if isinstance(n, int) and not isinstance(n, bool) else None,
+                     valid=res.get("valid") is not False, lossless_fraction=_fraction(data.get("lossless_fraction")),
+                     problem=_problem(res, norm, eps, robust) if res else "not a results.json object")
+
+
+def _results_files(spec: str, runs_dir: str | Path) -> list[Path]:
+    """--model: a results.json, a folder holding one (or runs holding them), or a zoo name -> its attack results."""
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = [path / "results.json"] if (path / "results.json").is_file() else sorted(path.glob("*/results.json"))
+        if not found:
+            raise UserError(f"{path}: no results.json in it (nor in its subfolders)")
+        return found
+    folder = Path(runs_dir) / "attacks" / spec.replace(":", "_")  # as the harness names it (e.g. robustbench:X)
+    found = sorted(folder.glob("*/results.json"))
+    if not found:
+        raise UserError(f"no attack results for '{spec}': not a file or folder, and nothing under "
+                        f"{folder}/*/results.json (run `robust-uatt attack --model {spec}`)")
+    return found
+
+
+def load_results(specs: list[str], runs_dir: str | Path) -> list[OurResult]:
+    """Every results.json the --model arguments name, each once; an unreadable file is a not-comparable row."""
+    results, seen = [], set()
+    for spec in specs:
+        for path in _results_files(spec, runs_dir):
+            key = path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                results.append(parse_result({}, str(path)))
+                results[-1].problem = f"unreadable results.json ({e.__class__.__name__})"
+                continue
+            results.append(parse_result(raw, str(path)))
+    return results
+
+
+# ------------------------------------------------------------------------------------------------- comparison
+@dataclass
+class Comparison:
+    """One threat model: its leaderboard rows (best first), our results placed among them, rows left out."""
+    threat: ThreatClass
+    ranked: list[LeaderboardRow]
+    ours: list[tuple[OurResult, int]]  # (result, rank among the leaderboard rows)
+    excluded: list[dict[str, Any]]
+    shown: dict[str, str]  # model_id -> why it is in the table
+
+
+def _not_comparable_reason(r: OurResult, classes: list[ThreatClass]) -> str:
+    """Why no leaderboard threat model fits: the nearest mismatch, said plainly."""
+    if r.problem:
+        return r.problem
+    same_data = [c for c in classes if c.dataset == r.dataset]
+    if not same_data:
+        return f"other dataset: no {r.dataset} rows on the leaderboard"
+    same_norm = [c for c in same_data if c.norm == r.norm]
+    if not same_norm:
+        norms = ", ".join(sorted({c.norm for c in same_data}))
+        return f"other norm: the {r.dataset} leaderboard has {norms}, not {r.norm}"
+    return (f"other eps: ours {_eps_label(r.eps, r.eps_text)}, the {r.dataset} {r.norm} leaderboard has "
+            f"{', '.join(_eps_label(c.eps, c.eps_text) for c in same_norm)}")
+
+
+def _shown_rows(ranked: list[LeaderboardRow], top: int) -> dict[str, str]:
+    """Which leaderboard rows the table shows, and why: top-k, the undefended Standard, ResNet-18s for scale."""
+    shown: dict[str, str] = {}
+    for row in ranked[:top]:
+        shown[row.model_id] = "top"
+    for row in ranked:
+        if row.model_id == "Standard":
+            shown.setdefault(row.model_id, "undefended")
+        elif _SCALE_ARCH.search(row.architecture):
+            shown.setdefault(row.model_id, "ResNet-18 scale")
+    return shown
+
+
+def _excluded(c: ThreatClass, rows: list[LeaderboardRow]) -> list[dict[str, Any]]:
+    """Leaderboard rows of the same dataset and norm that are NOT in this comparison: other eps, no eps, no metric."""
+    out = []
+    for row in rows:
+        if (row.dataset, row.threat_model) != (c.dataset, c.norm):
+            continue
+        if row.eps is None:
+            out.append({"model_id": row.model_id, "eps_text": row.eps_text, "reason": "no eps on the leaderboard"})
+        elif row not in c.rows:
+            out.append({"model_id": row.model_id, "eps_text": row.eps_text, "eps": row.eps, "reason": "other eps"})
+        elif row.robust_acc_pct is None:
+            out.append({"model_id": row.model_id, "eps_text": row.eps_text, "reason": f"no {row.metric}"})
+    return out
+
+
+def _rank(robust_pct: float, ranked: list[LeaderboardRow]) -> int:
+    return 1 + sum(1 for row in ranked if row.robust_acc_pct is not None and row.robust_acc_pct > robust_pct)
+
+
+@dataclass
+class Report:
+    comparisons: list[Comparison]
+    not_comparable: list[tuple[OurResult, str]]
+    leaderboard: str
+    top: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON written next to the table: units in the key names, comparable and not comparable apart."""
+        return {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "leaderboard_source": self.leaderboard,
+            "units": {"*_pct": "percent (0-100), as RobustBench reports", "*_fraction": "fraction (0-1), as "
+                      "results.json reports", "eps": "pixel units of images in [0, 1]"},
+            "eps_tolerance": EPS_TOL,
+            "rank_meaning": "ours: 1 + number of comparable leaderboard rows with strictly higher robust accuracy, "
+                            "out of those rows plus this result (each result is ranked on its own)",
+            "table_rows": f"top {self.top} by robust accuracy, plus Standard (undefended) and (PreAct)ResNet-18s",
+            "comparisons": [_comparison_json(c) for c in self.comparisons],
+            "not_comparable": [{**r.to_json(), "reason": reason} for r, reason in self.not_comparable],
+        }
+
+
+def _comparison_json(c: Comparison) -> dict[str, Any]:
+    return {
+        "threat_model": {"dataset": c.threat.dataset, "norm": c.threat.norm, "eps": c.threat.eps,
+                         "eps_text": c.threat.eps_text, "label": c.threat.label()},
+        "leaderboard_metric": c.ranked[0].metric if c.ranked else None,
+        "ours": [{**r.to_json(), "rank": rank, "of": len(c.ranked) + 1} for r, rank in c.ours],
+        "leaderboard": [{"rank": i + 1, **row.to_json(), "shown_in_table": row.model_id in c.shown,
+                         "why_shown": c.shown.get(row.model_id)} for i, row in enumerate(c.ranked)],
+        "excluded_leaderboard_rows": c.excluded,
+    }
+
+
+def compare(ours: list[OurResult], rows: list[LeaderboardRow], top: int = 10, source: str = "") -> Report:
+    """Match each result to its leaderboard threat model; refuse (UserError) when nothing is comparable."""
+    classes = threat_classes(rows)
+    groups: dict[int, list[OurResult]] = {}
+    not_comparable: list[tuple[OurResult, str]] = []
+    for r in ours:
+        idx = None if r.problem else next(
+            (i for i, c in enumerate(classes) if c.matches(r.dataset, r.norm, r.eps)), None)
+        if idx is None:
+            not_comparable.append((r, _not_comparable_reason(r, classes)))
+        else:
+            groups.setdefault(idx, []).append(r)
+    if not groups:
+        raise UserError(_refusal(ours, not_comparable, classes))
+    comparisons = []
+    for idx, results in groups.items():
+        c = classes[idx]
+        ranked = sorted((row for row in c.rows if row.robust_acc_pct is not None),
+                        key=lambda row: (-row.robust_acc_pct, -(row.clean_acc_pct or 0.0)))
+        placed = sorted(((r, _rank(100 * r.robust_accuracy, ranked)) for r in results),  # type: ignore[operator]
+                        key=lambda pair: -pair[0].robust_accuracy)  # type: ignore[operator]
+        comparisons.append(Comparison(c, ranked, placed, _excluded(c, rows), _shown_rows(ranked, top)))
+    return Report(comparisons, not_comparable, source, top)
+
+
+def _refusal(ours: list[OurResult], not_comparable: list[tuple[OurResult, str]], classes: list[ThreatClass]) -> str:
+    mine = sorted({r.threat_label() for r in ours if not r.problem})
+    invalid = sum(1 for r in ours if not r.valid)
+    other = [reason for r, reason in not_comparable if r.problem and r.valid]
+    parts = [f"nothing to compare: our threat model(s) {', '.join(mine)}" if mine else "nothing to compare"]
+    if invalid:
+        parts.append(f"{invalid} INVALID result(s) (valid: false)")
+    if other:
+        parts.append(f"{len(other)} result(s) unusable ({other[0]})")
+    available = ", ".join(c.label() for c in classes) or "none"
+    return f"{'; '.join(parts)}; the leaderboard has: {available}"
+
+
+# ------------------------------------------------------------------------------------------------------ tables
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}%"
+
+
+def comparison_table(c: Comparison) -> Table:
+    """Leaderboard rows (top-k, Standard, ResNet-18s) with ours in bold at their rank; gaps shown as '…'."""
+    n = len(c.ranked)
+    table = Table(title=f"{c.threat.label()}: RobustBench ({c.ranked[0].metric if n else 'metric'}) vs ours",
+                  caption=_caption(c))
+    for col in ("rank", "model", "architecture / attack", "clean", "robust", "note"):
+        table.add_column(col, justify="right" if col in ("rank", "clean", "robust") else "left", overflow="fold")
+    entries: list[tuple[int, int, Any]] = [(i + 1, 1, row) for i, row in enumerate(c.ranked) if row.model_id in c.shown]
+    entries += [(rank, 0, r) for r, rank in c.ours]  # ours sort before the leaderboard row it ties with
+    entries.sort(key=lambda e: (e[0], e[1], -(e[2].robust_accuracy or 0) if e[1] == 0 else 0))
+    last = 0  # the leaderboard rows 1..last are shown or marked as skipped ('…')
+    for rank, kind, item in entries:
+        above = rank - 1 if kind == 0 else rank  # ours at rank k sits below leaderboard rows 1..k-1
+        if above > last + (kind == 1):
+            table.add_row("…", "", "", "", "", "")
+        last = max(last, above)
+        if kind == 0:
+            table.add_row(f"#{rank}/{n + 1}", item.model, f"{item.label} (n={item.n or '?'})",
+                          _fmt(_to_pct(item.clean_accuracy)), _fmt(_to_pct(item.robust_accuracy)), "ours", style="bold")
+        else:
+            note = {"top": "", "undefended": "undefended", "ResNet-18 scale": "for scale"}[c.shown[item.model_id]]
+            note = ", ".join(x for x in (note, "unreliable" if item.unreliable else "") if x)
+            table.add_row(str(rank), item.model_id, item.architecture, _fmt(item.clean_acc_pct),
+                          _fmt(item.robust_acc_pct), note)
+    if last < n:
+        table.add_row("…", "", "", "", "", "")
+    return table
+
+
+def _caption(c: Comparison) -> str:
+    other = sum(1 for e in c.excluded if e["reason"] == "other eps")
+    text = (f"{len(c.ranked)} comparable leaderboard rows (AutoAttack, full test set); ours: the named attack on the "
+            f"first n test images (an attack weaker than AutoAttack overstates robustness)")
+    return text + (f"; {other} leaderboard rows at another eps not comparable, left out" if other else "")
+
+
+def not_comparable_table(items: list[tuple[OurResult, str]]) -> Table:
+    """Our rows that match no leaderboard threat model: shown apart, never ranked."""
+    table = Table(title="not comparable (never ranked)")
+    for col in ("model", "attack", "threat model", "clean", "robust", "reason"):
+        table.add_column(col, justify="right" if col in ("clean", "robust") else "left", overflow="fold")
+    for r, reason in items:
+        table.add_row(r.model, r.label, r.threat_label(), _fmt(_to_pct(r.clean_accuracy)),
+                      _fmt(_to_pct(r.robust_accuracy)), reason, style="red" if not r.valid else None)
+    return table
+
+
+def report_tables(report: Report) -> list[Table]:
+    return [comparison_table(c) for c in report.comparisons] + (
+        [not_comparable_table(report.not_comparable)] if report.not_comparable else [])

@@ -1,0 +1,106 @@
+"""Attack suites: attacks/<name>.toml, validated (unknown keys and wrong types reported with file and key).
+
+    description = "..."
+    [[attacks]]
+    name = "pgd-eq14"        # a name from robust_uatt.attack.ATTACKS
+    steps = 30               # optional: the attack's default otherwise
+    role = "paper"           # optional: the paper-protocol row (never cascaded; gives the overestimation column)
+    options = { grad_path = "vgg" }
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from robust_uatt.attack import ATTACKS
+from robust_uatt.errors import UserError, unknown_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENTRY_KEYS = {"name": str, "steps": int, "eot": int, "role": str, "options": dict}
+ROLES = ("paper", "")
+
+
+@dataclass
+class SuiteEntry:
+    name: str
+    steps: int | None = None
+    eot: int | None = None
+    role: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    entries: list[SuiteEntry]
+
+    @property
+    def paper_attack(self) -> str | None:
+        return next((e.name for e in self.entries if e.role == "paper"), None)
+
+
+def _suite_dirs() -> list[Path]:
+    dirs = []
+    try:
+        dirs.append(Path(str(resources.files("robust_uatt.suites"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    dirs.append(Path(__file__).resolve().parent.parent / "attacks")
+    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
+
+def suite_names() -> list[str]:
+    return sorted({p.stem for d in _suite_dirs() for p in d.glob("*.toml")})
+
+
+def load_suite(name: str) -> Suite:
+    if name.endswith(".toml"):
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"{name}: suite file not found")
+    else:
+        path = next((d / f"{name}.toml" for d in _suite_dirs() if (d / f"{name}.toml").is_file()), None)
+        if path is None:
+            raise unknown_name("suite", name, suite_names())
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML ({e})") from None
+    for key in raw:
+        if key not in ("description", "attacks"):
+            raise unknown_name(f"top-level key in {path}:", key, ("description", "attacks"))
+    entries_raw = raw.get("attacks")
+    if not isinstance(entries_raw, list) or not entries_raw:
+        raise UserError(f"{path}: needs at least one [[attacks]] entry")
+    entries = []
+    for i, e in enumerate(entries_raw):
+        where = f"{path} [[attacks]] #{i + 1}"
+        if not isinstance(e, dict):
+            raise UserError(f"{where}: must be a table")
+        for key, value in e.items():
+            if key not in ENTRY_KEYS:
+                raise unknown_name(f"key in {where}:", key, ENTRY_KEYS)
+            if not isinstance(value, ENTRY_KEYS[key]) or isinstance(value, bool):
+                raise UserError(f"{where}: {key} must be {ENTRY_KEYS[key].__name__}, got {type(value).__name__}")
+        if "name" not in e:
+            raise UserError(f"{where}: needs a name")
+        if e["name"] not in ATTACKS:
+            raise unknown_name(f"attack in {where}:", e["name"], ATTACKS)
+        if e.get("role", "") not in ROLES:
+            raise unknown_name(f"role in {where}:", e["role"], ("paper",))
+        for key in e.get("options", {}):
+            if key not in ATTACKS[e["name"]].options:
+                raise unknown_name(f"option of {e['name']} in {where}:", key, ATTACKS[e["name"]].options)
+        entries.append(SuiteEntry(e["name"], e.get("steps"), e.get("eot"), e.get("role", ""), e.get("options", {})))
+    if sum(e.role == "paper" for e in entries) > 1:
+        raise UserError(f"{path}: at most one attack may have role = \"paper\"")
+    return Suite(path.stem, str(raw.get("description", "")), entries)

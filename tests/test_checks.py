@@ -1,0 +1,109 @@
+"""Every sanity check fires on its planted failure, and the healthy model passes (this is `robust-uatt selftest`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robust_uatt.attack import build_attack
+from robust_uatt.attack.base import Attack, Budget
+from robust_uatt.attack.pgd import PGDCE
+from robust_uatt.checks import check_budget, check_run, gate
+from robust_uatt.harness import run_suite
+from robust_uatt.selftest import BROKEN, evaluate, run_selftest, train_healthy
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    return train_healthy(0)
+
+
+def test_healthy_model_passes_every_gating_check(healthy) -> None:
+    model, data = healthy
+    checks = evaluate(model, data)
+    valid, reasons = gate(checks)
+    assert valid, reasons
+    assert {c.name for c in checks} >= {"eval mode", "deterministic (5 passes)", "logits, not softmax",
+                                         "input gradients", "eps = 0 gives clean", "eps = 1 breaks everything",
+                                         "inputs in the eps-ball and [0,1]", "black-box <= white-box"}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("gradient killer", {"input gradients", "eps = 1 breaks everything"}),
+    ("softmax on logits", {"logits, not softmax"}),
+    ("input quantizer", {"input gradients"}),
+    ("randomized model", {"deterministic (5 passes)"}),
+])
+def test_each_planted_failure_is_caught(healthy, name: str, expected: set[str]) -> None:
+    model, data = healthy
+    checks = evaluate(BROKEN[name](model).eval(), data)
+    failed = {c.name for c in checks if c.failed_gate()}
+    assert expected <= failed
+
+
+class _FlipsToTrain(Attack):
+    name = "flips-to-train"
+    description = "planted bug: leaves the model in train mode (as a careless attack library might)"
+
+    def perturb(self, model, x, y, index):
+        model.train()
+        return x
+
+
+def test_model_left_in_train_mode_is_caught(healthy) -> None:
+    from robust_uatt.checks import check_model
+
+    model, data = healthy
+    try:
+        outcome = run_suite(model, [_FlipsToTrain(Budget(eps=0.1, alpha=0.1, steps=1))], data, batch_size=50,
+                            device=torch.device("cpu"))
+        checks = check_model(model, data, outcome.clean_correct, num_classes=10, device=torch.device("cpu"), seed=0,
+                             stochastic=False)
+    finally:
+        model.eval()
+    assert "eval mode" in {c.name for c in checks if c.failed_gate()}
+
+
+class _OutsideBall(Attack):
+    name = "outside"
+    description = "planted bug: steps 2 eps"
+
+    def perturb(self, model, x, y, index):
+        return (x + 2 * self.budget.eps).clamp(0, 1)
+
+
+def test_leaving_the_ball_is_caught_and_not_counted(healthy) -> None:
+    model, data = healthy
+    outcome = run_suite(model, [_OutsideBall(Budget(eps=0.1, alpha=0.1, steps=1))], data, batch_size=50,
+                        device=torch.device("cpu"))
+    assert outcome.records[0].violations and not outcome.records[0].broken
+    assert not gate(check_run(outcome, [{"white_box": True}]))[0]
+
+
+class _PlantedBlackBox(PGDCE):
+    name = "planted-black-box"
+    white_box = False  # a strong attack labelled black-box: it must not beat the (crippled) white-box one
+
+
+def test_black_box_beating_white_box_is_caught(healthy) -> None:
+    model, data = healthy
+    weak = build_attack("pgd-ce", eps=0.3, steps=1, alpha=1e-6, seed=0, options={"random_start": False})
+    strong = _PlantedBlackBox(Budget(eps=0.3, alpha=0.05, steps=10, options=PGDCE.options))
+    outcome = run_suite(model, [weak, strong], data, batch_size=100, device=torch.device("cpu"))
+    assert outcome.records[1].broken and not outcome.records[0].broken
+    checks = check_run(outcome, [weak.describe(), strong.describe()])
+    assert [c.name for c in checks if c.failed_gate()] == ["black-box <= white-box"]
+
+
+def test_weak_budget_is_caught_by_the_full_checks(healthy) -> None:
+    model, data = healthy
+    weak = build_attack("pgd-ce", eps=0.4, steps=1, alpha=1e-3, seed=0, options={"random_start": False})
+    outcome = run_suite(model, [weak], data, batch_size=100, device=torch.device("cpu"))
+    checks = check_budget(model, data, outcome, eps=0.4, steps=1, eot=1, device=torch.device("cpu"), seed=0)
+    assert {c.name for c in checks if c.failed_gate()} == {"doubling steps changes < 1 point", "monotone in eps"}
+
+
+def test_selftest_catches_four_of_four() -> None:
+    results = run_selftest(0)
+    assert not results.pop("healthy model")["caught"]
+    assert all(r["caught"] for r in results.values()) and len(results) == 4
