@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from robust_uatt.errors import UserError, environment_error
+from robust_uatt.io import check_writable
 
 EXIT_USER_ERROR = 2
 
@@ -93,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: RUNS/attacks/<model>/<timestamp>-<suite>)")
     _add_common(p)
 
+    p = sub.add_parser("curve", help="security curve: robust accuracy against eps (JSON + PNG)")
+    p.add_argument("--model", required=True, help="zoo name (newest finished run), run directory or .safetensors")
+    p.add_argument("--eps", required=True, help="comma-separated radii, e.g. 0,1/255,2/255,4/255,8/255,16/255,0.1,0.3")
+    p.add_argument("--attack", default="pgd-ce", help="attack at every eps (default pgd-ce)")
+    p.add_argument("--suite", default=None, help="or a suite at every eps")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--out", default=None, help="output directory (default: RUNS/curves/<model>/<timestamp>)")
+    _add_common(p)
+
     p = sub.add_parser("selftest", help="plant broken models and show that the sanity checks catch each one")
     p.add_argument("--seed", type=int, default=0)
 
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"zoo": cmd_zoo, "train": cmd_train, "attack": cmd_attack, "glimpses": cmd_glimpses,
-                    "selftest": cmd_selftest, "compare": cmd_compare}
+                    "selftest": cmd_selftest, "curve": cmd_curve, "compare": cmd_compare}
         return commands[args.command](args)
     except UserError as e:
         sys.stderr.write(f"robust-uatt: error: {_one_line(str(e))}\n")
@@ -196,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             RunLock(run_dir).check_free()
         if (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists():
             raise UserError(f"{run_dir} already holds a run: use --resume {run_dir}, or another --out")
-        _check_writable(run_dir)
+        check_writable(run_dir)
     try:
         train(recipe, run_dir, seed=seed, device=device, data_dir=data_dir, resume=bool(args.resume),
               download=not args.no_download, console=Console(stderr=True),
@@ -215,18 +227,63 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_writable(path: Path) -> None:
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write to {path} ({probe} is not a writable directory)")
-
-
 def cmd_attack(args: argparse.Namespace) -> int:
     from robust_uatt.robustness import run
 
     return run(args)
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from robust_uatt.attack import ATTACKS
+    from robust_uatt.curve import plot_curve, security_curve
+    from robust_uatt.data import load_split
+    from robust_uatt.errors import unknown_name
+    from robust_uatt.harness import parse_eps
+    from robust_uatt.io import write_json
+    from robust_uatt.runtime import configure, resolve_device, seed_all, versions
+    from robust_uatt.suites import Suite, SuiteEntry, load_suite
+    from robust_uatt.zoo import load_trained
+
+    eps_list = [parse_eps(e) for e in args.eps.split(",")]
+    _positive_int("n", args.n)
+    _positive_int("batch-size", args.batch_size)
+    _positive_int("steps", args.steps)
+    if args.suite:
+        suite = load_suite(args.suite)
+    elif args.attack not in ATTACKS:
+        raise unknown_name("attack", args.attack, ATTACKS)
+    else:
+        suite = Suite(args.attack, ATTACKS[args.attack].description, [SuiteEntry(args.attack, args.steps)])
+    device = resolve_device(args.device)
+    model, recipe, weights = load_trained(args.model, args.runs_dir)
+    test = load_split(recipe.dataset, "test", args.data_dir, not args.no_download, recipe.data)
+    data = test.subset(slice(0, min(args.n, len(test))))
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "curves" / recipe.name / _timestamp()
+    if (out / "curve.json").exists():
+        raise UserError(f"{out}/curve.json exists; choose another --out")
+    check_writable(out)
+    configure(device)
+    seed_all(args.seed)
+    curve = security_curve(model.to(device).eval(), suite, data, eps_list, batch_size=args.batch_size,
+                           device=device, seed=args.seed, console=Console(stderr=True))
+    result = {"model": {"name": recipe.name, "weights": str(weights)}, "suite": suite.name, "n": len(data),
+              "eps_units": "pixel [0,1]", "eps_text": args.eps.split(","), **curve, "seed": args.seed,
+              "device": str(device), "versions": versions(),
+              "command": "robust-uatt " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+    write_json(out / "curve.json", result)
+    plot_curve(curve, out / "curve.png", f"{recipe.name}: {suite.name}, first {len(data)} test images")
+    table = Table(title=f"{recipe.name}: accuracy vs eps ({suite.name}, n={len(data)})")
+    for col in ("eps", "robust (monotone)", "raw"):
+        table.add_column(col, justify="right")
+    for text, e, r, raw in sorted(zip(result["eps_text"], eps_list, curve["robust_accuracy"],
+                                      curve["raw_robust_accuracy"]), key=lambda t: t[1]):
+        table.add_row(f"{text} ({e:.4g})", f"{100 * r:.2f}%", f"{100 * raw:.2f}%")
+    Console().print(table)
+    print(out / "curve.json")
+    return 0
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
@@ -271,7 +328,7 @@ def cmd_glimpses(args: argparse.Namespace) -> int:
     model.policy = args.policy
     test = load_split(recipe.dataset, "test", args.data_dir, not args.no_download, recipe.data)
     data = test.subset(slice(0, min(args.n, len(test))))
-    _check_writable(Path(args.out).parent)
+    check_writable(Path(args.out).parent)
     seed_all(args.seed)
     model = model.to(device)
     x = to_float(data.x.to(device))
@@ -298,7 +355,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ours = load_results(args.model, args.runs_dir)
     report = compare(ours, rows, top=args.top, source=str(source))
     out = Path(args.out) if args.out else Path(args.runs_dir) / "compare" / f"{_timestamp()}.json"
-    _check_writable(out.parent)
+    check_writable(out.parent)
     write_json(out, report.to_json())
     console = Console()
     for table in report_tables(report):

@@ -351,3 +351,13 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_writable(path: Path) -> None:
+    """Refuse early (before any work) when ``path`` cannot be created: its nearest existing parent must be a writable
+    directory."""
+    probe = Path(path)
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UserError(f"cannot write to {path} ({probe} is not a writable directory)")

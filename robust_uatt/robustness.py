@@ -20,7 +20,8 @@ from robust_uatt.checks import as_dicts, check_budget, check_model, check_run, g
 from robust_uatt.data import DATASETS, load_split
 from robust_uatt.errors import UserError
 from robust_uatt.harness import parse_eps, run_suite, summarize
-from robust_uatt.io import atomic_write_text, load_state_into, load_tensors, write_json
+from robust_uatt.io import (RunLock, atomic_write_text, check_writable, load_state_into, load_tensors,
+                            write_json)
 from robust_uatt.report import attack_markdown, attack_table
 from robust_uatt.runtime import configure, resolve_device, seed_all, versions
 from robust_uatt.suites import Suite, SuiteEntry, load_suite
@@ -146,9 +147,16 @@ def run(args: argparse.Namespace) -> int:
         f"{stamp}-{suite.name}"
     if (out / "results.json").exists():
         raise UserError(f"{out}/results.json exists; choose another --out")
-    _check_writable(out)
+    check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):  # one writer per output directory; a restart after a kill resumes from state.json
+        return _run_locked(args, model, model_info, dataset, data, suite, attacks, eps, eot, stochastic,
+                           num_classes, device, out)
 
+
+def _run_locked(args: argparse.Namespace, model: nn.Module, model_info: dict[str, Any], dataset: str, data: Any,
+                suite: Suite, attacks: list, eps: float, eot: int, stochastic: bool, num_classes: int,
+                device: torch.device, out: Path) -> int:
     configure(device)
     seed_all(args.seed)
     model = model.to(device).eval()
@@ -200,16 +208,6 @@ def run(args: argparse.Namespace) -> int:
     Console().print(attack_table(result))
     print(out / "results.json")
     return 0 if valid else EXIT_INVALID
-
-
-def _check_writable(path: Path) -> None:
-    import os
-
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write to {path} ({probe} is not a writable directory)")
 
 
 __all__ = ["run", "EXIT_INVALID"]

@@ -155,3 +155,27 @@ def test_attention_model_trains_draws_glimpses_and_is_attacked(run_cli, tmp_path
 def test_glimpses_refuses_a_model_without_attention(trained_run: Path, run_cli) -> None:
     out = run_cli("glimpses", "--model", str(trained_run), "--out", "g.png")
     assert out.returncode == 2 and "not an attention model" in out.stderr
+
+
+def test_security_curve_is_monotone_and_keeps_raw_values(trained_run: Path, run_cli, tmp_path: Path) -> None:
+    out = run_cli("curve", "--model", str(trained_run), "--eps", "0.3,0,8/255,0.1", "--steps", "3", "--n", "24",
+                  "--out", "c")
+    assert out.returncode == 0, out.stderr
+    curve = json.loads((tmp_path / "c" / "curve.json").read_text())
+    by_eps = sorted(zip(curve["eps"], curve["robust_accuracy"], curve["raw_robust_accuracy"]))
+    accs = [a for _, a, _ in by_eps]
+    assert accs == sorted(accs, reverse=True) and by_eps[0][1] == curve["clean_accuracy"]
+    assert all(mono <= raw for _, mono, raw in by_eps) and len(curve["per_example_raw"]) == 4
+    assert (tmp_path / "c" / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_selftest_command_reports_and_sets_the_exit_code(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import robust_uatt.selftest as selftest
+    from robust_uatt.cli import main
+
+    caught = {"healthy model": {"caught": False, "failed": []},
+              **{name: {"caught": True, "failed": ["x"]} for name in selftest.BROKEN}}
+    monkeypatch.setattr(selftest, "run_selftest", lambda seed=0: caught)
+    assert main(["selftest"]) == 0 and "caught 4 of 4" in capsys.readouterr().out
+    caught["randomized model"] = {"caught": False, "failed": []}
+    assert main(["selftest"]) == 1 and "caught 3 of 4" in capsys.readouterr().out
