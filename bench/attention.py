@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", default="runs/bench/attention.json")
+    p.add_argument("--profile", action="store_true", help="also print where a vgg+attn train step spends its time")
     args = p.parse_args()
     torch.manual_seed(0)
     vgg_recipe = load_recipe("cifar10-vgg")
@@ -69,6 +70,14 @@ def main() -> None:
     ]
     report(f"attention overhead, width {args.width}, batch {args.batch}", rows, args.out,
            {"width": args.width, "batch": args.batch, "repeats": args.repeats})
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        step = train_step(models["cifar10-vgg-attn"])
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

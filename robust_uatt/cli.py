@@ -8,7 +8,7 @@ import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from robust_uatt.errors import UserError, environment_error
 from robust_uatt.io import check_writable

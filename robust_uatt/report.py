@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
 
@@ -22,8 +23,8 @@ def _attack_budget(row: dict[str, Any]) -> str:
     return f"{row['steps']} {row['steps_meaning']}{extra}"
 
 
-def attack_table(result: dict[str, Any]) -> Table:
-    """Per-attack cascade rows, then the headline (worst case over the suite), then the checks."""
+def attack_table(result: dict[str, Any]) -> Group:
+    """Per-attack cascade rows and the headline (worst case over the suite); the sanity checks below them."""
     valid = result["valid"]
     title = (f"{result['model']['name']} | {result['suite']['name']} | {threat_model_text(result['threat_model'])}"
              f" | n={result['n']}" + ("" if valid else "  [bold red]INVALID[/]"))
@@ -42,11 +43,14 @@ def attack_table(result: dict[str, Any]) -> Table:
     if result.get("paper_protocol_accuracy") is not None:
         table.add_row("paper protocol", "", "", "", _pct(result["paper_protocol_accuracy"]), "", "")
         table.add_row("overestimation", "paper - worst case", "", "", _pct(result["overestimation"]), "", "")
+    checks = Table(title="sanity checks (details in results.md)")
+    checks.add_column("check", no_wrap=True)
+    checks.add_column("result", no_wrap=True)
     for check in result.get("checks", []):
         mark = {True: "[green]pass[/]", False: "[red]FAIL[/]" if check["gating"] else "[yellow]warn[/]",
                 None: "[dim]n/a[/]"}[check["passed"]]
-        table.add_row(f"check: {check['name']}", check["detail"], "", "", mark, "", "")
-    return table
+        checks.add_row(check["name"], mark)
+    return Group(table, checks) if result.get("checks") else Group(table)
 
 
 def attack_markdown(result: dict[str, Any]) -> str:

@@ -20,8 +20,7 @@ from robust_uatt.checks import as_dicts, check_budget, check_model, check_run, g
 from robust_uatt.data import DATASETS, load_split
 from robust_uatt.errors import UserError
 from robust_uatt.harness import parse_eps, run_suite, summarize
-from robust_uatt.io import (RunLock, atomic_write_text, check_writable, load_state_into, load_tensors,
-                            write_json)
+from robust_uatt.io import RunLock, atomic_write_text, check_writable, load_state_into, load_tensors, write_json
 from robust_uatt.report import attack_markdown, attack_table
 from robust_uatt.runtime import configure, resolve_device, seed_all, versions
 from robust_uatt.suites import Suite, SuiteEntry, load_suite

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from robust_uatt.attack import ATTACKS
 from robust_uatt.errors import UserError, unknown_name
+from robust_uatt.resources import find_toml, toml_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,29 +47,12 @@ class Suite:
         return next((e.name for e in self.entries if e.role == "paper"), None)
 
 
-def _suite_dirs() -> list[Path]:
-    dirs = []
-    try:
-        dirs.append(Path(str(resources.files("robust_uatt.suites"))))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    dirs.append(Path(__file__).resolve().parent.parent / "attacks")
-    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
-
-
 def suite_names() -> list[str]:
-    return sorted({p.stem for d in _suite_dirs() for p in d.glob("*.toml")})
+    return toml_names("robust_uatt.suites", "attacks")
 
 
 def load_suite(name: str) -> Suite:
-    if name.endswith(".toml"):
-        path = Path(name)
-        if not path.is_file():
-            raise UserError(f"{name}: suite file not found")
-    else:
-        path = next((d / f"{name}.toml" for d in _suite_dirs() if (d / f"{name}.toml").is_file()), None)
-        if path is None:
-            raise unknown_name("suite", name, suite_names())
+    path = find_toml(name, "robust_uatt.suites", "attacks", "suite")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

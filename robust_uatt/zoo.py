@@ -13,7 +13,6 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from robust_uatt.data import DATASETS, dataset_shape
 from robust_uatt.errors import UserError, unknown_name
+from robust_uatt.resources import find_toml, toml_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -142,30 +142,12 @@ class Recipe:
         return recipe
 
 
-def _recipe_dirs() -> list[Path]:
-    dirs = []
-    try:
-        dirs.append(Path(str(resources.files("robust_uatt.recipes"))))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    dirs.append(Path(__file__).resolve().parent.parent / "zoo")  # a source checkout without install
-    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
-
-
 def recipe_names() -> list[str]:
-    return sorted({p.stem for d in _recipe_dirs() for p in d.glob("*.toml")})
+    return toml_names("robust_uatt.recipes", "zoo")
 
 
 def _recipe_path(name: str) -> Path:
-    if name.endswith(".toml"):
-        path = Path(name)
-        if not path.is_file():
-            raise UserError(f"{name}: recipe file not found")
-        return path
-    for d in _recipe_dirs():
-        if (d / f"{name}.toml").is_file():
-            return d / f"{name}.toml"
-    raise unknown_name("model", name, recipe_names())
+    return find_toml(name, "robust_uatt.recipes", "zoo", "model")
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

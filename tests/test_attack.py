@@ -12,8 +12,8 @@ from robust_uatt.harness import frozen_parameters, parse_eps, run_suite, summari
 from tests.conftest import synthetic_images
 
 
-@pytest.mark.parametrize("text, value", [("8/255", 8 / 255), ("0.3", 0.3), ("0", 0.0), ("1", 1.0), (" 2 / 255 ", 2 / 255),
-                                         ("3e-2", 0.03), (".5", 0.5)])
+@pytest.mark.parametrize("text, value", [("8/255", 8 / 255), ("0.3", 0.3), ("0", 0.0), ("1", 1.0),
+                                         (" 2 / 255 ", 2 / 255), ("3e-2", 0.03), (".5", 0.5)])
 def test_parse_eps(text: str, value: float) -> None:
     assert parse_eps(text) == pytest.approx(value)
 

@@ -179,3 +179,26 @@ def test_selftest_command_reports_and_sets_the_exit_code(monkeypatch: pytest.Mon
     assert main(["selftest"]) == 0 and "caught 4 of 4" in capsys.readouterr().out
     caught["randomized model"] = {"caught": False, "failed": []}
     assert main(["selftest"]) == 1 and "caught 3 of 4" in capsys.readouterr().out
+
+
+def test_any_model_through_a_factory_and_a_safetensors_checkpoint(run_cli, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "my_models.py").write_text(
+        "import torch\n"
+        "def tiny():\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))\n")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    save_file(model.state_dict(), str(tmp_path / "tiny.safetensors"))
+    env = {"PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parent.parent}"}
+    out = run_cli("attack", "--model-factory", "my_models:tiny", "--checkpoint", "tiny.safetensors", "--attack",
+                  "fgsm", "--n", "20", "--out", "f", "--checks", "none", env=env)
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "f" / "results.json").read_text())
+    assert res["model"]["kind"] == "factory" and res["model"]["name"] == "my_models:tiny" and res["n"] == 20
+    bad = run_cli("attack", "--model-factory", "my_models:nope", "--n", "5", "--out", "g", env=env)
+    assert bad.returncode == 2 and "cannot import my_models:nope" in bad.stderr
+    both = run_cli("attack", "--model", "x", "--model-factory", "my_models:tiny", "--out", "h", env=env)
+    assert both.returncode == 2 and "exactly one" in both.stderr

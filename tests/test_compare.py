@@ -12,8 +12,15 @@ from typing import Any
 
 import pytest
 
-from robust_uatt.compare import (compare, eps_equal, load_results, parse_eps_text, parse_result, read_leaderboard,
-                                 threat_classes)
+from robust_uatt.compare import (
+    compare,
+    eps_equal,
+    load_results,
+    parse_eps_text,
+    parse_result,
+    read_leaderboard,
+    threat_classes,
+)
 from robust_uatt.errors import UserError
 from tests.conftest import REPO
 

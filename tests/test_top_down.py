@@ -198,7 +198,8 @@ def test_two_decisions_learn_through_the_frozen_target() -> None:
         return torch.where(m[:, None], torch.ones_like(x), x), centre
 
     def hit(box: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return ((c[:, 0] >= box[:, 0]) & (c[:, 0] <= box[:, 2]) & (c[:, 1] >= box[:, 1]) & (c[:, 1] <= box[:, 3])).float()
+        inside_x = (c[:, 0] >= box[:, 0]) & (c[:, 0] <= box[:, 2])
+        return (inside_x & (c[:, 1] >= box[:, 1]) & (c[:, 1] <= box[:, 3])).float()
 
     model = TopDown(1, size, levels=3, feat_dim=32, target_sync=10)
     opt = torch.optim.Adam(model.q_net.parameters(), lr=3e-3)

@@ -88,7 +88,9 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path: Path, data_dir: Path, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     la = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     lb = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda s: {k: v for k, v in json.loads(s).items() if k not in ("images_per_s", "epoch_seconds")}
+    def strip(line: str) -> dict:
+        return {k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "epoch_seconds")}
+
     assert [strip(x) for x in la] == [strip(x) for x in lb]
 
 

@@ -65,7 +65,8 @@ def test_every_parameter_gets_a_finite_gradient_from_eq14_plus_q_loss(name: str)
     loss, stats = model.training_loss(x, y)
     assert set(stats) == set(STAT_KEYS) and all(isinstance(v, float) for v in stats.values())
     loss.backward()
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())]
+    bad = [n for n, p in model.named_parameters()
+           if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())]
     assert not bad, f"parameters without a finite gradient: {bad}"
     if overrides.get("top_down"):
         assert stats["loss_q"] > 0.0

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+
 class RNNCore(nn.Module):
     """Appendix core: H_t = ReLU(Linear(H_{t-1}) + Linear(G_t)); H_{-1} = 0 (deterministic, see ``initial_state``)."""
 
