@@ -98,6 +98,10 @@ def check_run(outcome: SuiteOutcome, attacks_info: list[dict[str, Any]]) -> list
     violations = [f"{r.info['name']}: {v}" for r in outcome.records for v in r.violations]
     checks = [Check("inputs in the eps-ball and [0,1]", not violations, True,
                     "every adversarial input verified" if not violations else "; ".join(violations[:3]))]
+    flips = {r.info["name"]: r.left_train_mode for r in outcome.records if r.left_train_mode}
+    checks.append(Check("attacks keep eval mode", not flips, False,
+                        "no attack switched the model to train mode" if not flips else
+                        f"switched to train mode by {flips} (batches); the harness restored eval mode before judging"))
     pairs = list(zip(outcome.records, attacks_info))
     white = {i for r, info in pairs if info["white_box"] for i in r.broken}
     black_only = {i for r, info in pairs if not info["white_box"] for i in r.broken} - white

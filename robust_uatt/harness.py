@@ -118,6 +118,7 @@ class AttackRecord:
     max_linf: float = 0.0
     done: bool = False
     violations: list[str] = field(default_factory=list)  # inputs outside the ball/box or non-finite: never counted
+    left_train_mode: int = 0  # batches after which the attack had flipped the model into train mode (restored)
 
 
 @dataclass
@@ -147,7 +148,7 @@ def _load_state(path: Path | None, key: str, n: int, attacks: list[Attack]) -> t
     for a, saved in zip(attacks, state["records"]):
         rec = AttackRecord(a.describe())
         for k in ("attacked", "broken", "batches_done", "seconds", "forwards", "backwards", "max_linf", "done",
-                  "violations"):
+                  "violations", "left_train_mode"):
             setattr(rec, k, saved[k])
         records.append(rec)
     return clean, records
@@ -177,7 +178,8 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
     key = _config_key({"config": config or {}, "attacks": [a.describe() for a in attacks], "n": len(data),
                        "cascade": cascade, "batch_size": batch_size})
     clean, records = _load_state(state_path, key, len(data), attacks)
-    counter = PassCounter(model)
+    counter = PassCounter(model).eval()  # a new Module starts in train mode; libraries that restore "the model's
+    # mode" after attacking (torchattacks does) would otherwise flip the wrapped model into train mode
     with frozen_parameters(model), _progress(console) as progress:
         if clean is None:
             clean = torch.zeros(len(data), dtype=torch.bool)
@@ -204,7 +206,8 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
                     continue
                 t0 = time.perf_counter()
                 f0, b0 = counter.forwards, counter.backwards
-                broken, linf, violation = _attack_batch(counter, attack, data, idx, device)
+                broken, linf, violation, flipped = _attack_batch(counter, attack, data, idx, device)
+                rec.left_train_mode += int(flipped)
                 if violation:
                     rec.violations.append(f"batch {b}: {violation}")
                 rec.broken.extend(broken)
@@ -221,7 +224,7 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
 
 
 def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tensor,
-                  device: torch.device) -> tuple[list[int], float, str | None]:
+                  device: torch.device) -> tuple[list[int], float, str | None, bool]:
     """Attack one batch; return the indices the harness verified as broken, the largest L-inf perturbation, and a
     violation (inputs outside [0,1] or the eps-ball, NaN): then nothing of the batch counts and the run is INVALID."""
     x = to_float(data.x[idx].to(device, non_blocking=True))
@@ -231,15 +234,18 @@ def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tens
         adv = x
     else:
         adv = attack(model, x, y, idx)
+    flipped = model.training or getattr(model, "wrapped", model).training
+    if flipped:  # judge in eval mode whatever the attack did; the count is reported as a warning
+        model.eval()
     if adv.shape != x.shape or not torch.isfinite(adv).all():
-        return [], float("nan"), "non-finite inputs or wrong shape"
+        return [], float("nan"), "non-finite inputs or wrong shape", flipped
     linf = float((adv - x).abs().amax()) if len(x) else 0.0
     if adv.min() < 0 or adv.max() > 1:
-        return [], linf, f"inputs outside [0, 1] (min {float(adv.min()):.4g}, max {float(adv.max()):.4g})"
+        return [], linf, f"inputs outside [0, 1] (min {float(adv.min()):.4g}, max {float(adv.max()):.4g})", flipped
     if attack.bounded and linf > eps + 1e-6:
-        return [], linf, f"left the eps-ball: |delta|_inf = {linf:.6g} > {eps:.6g}"
+        return [], linf, f"left the eps-ball: |delta|_inf = {linf:.6g} > {eps:.6g}", flipped
     fooled = (predict(model, adv) != y).cpu()
-    return idx[fooled].tolist(), linf, None
+    return idx[fooled].tolist(), linf, None, flipped
 
 
 def _progress(console: Console | None) -> Progress:
@@ -258,7 +264,8 @@ def summarize(outcome: SuiteOutcome, paper_attack: str | None = None) -> dict[st
         rows.append({**rec.info, "attacked": len(rec.attacked), "broken": len(rec.broken),
                      "robust_accuracy_after": float(robust.float().mean()) if n else float("nan"),
                      "seconds": rec.seconds, "forward_passes": rec.forwards, "backward_passes": rec.backwards,
-                     "max_linf": rec.max_linf, "violations": rec.violations})
+                     "max_linf": rec.max_linf, "violations": rec.violations,
+                     "left_train_mode": rec.left_train_mode})
     out: dict[str, Any] = {
         "n": n, "clean_accuracy": float(outcome.clean_correct.float().mean()),
         "robust_accuracy": float(robust.float().mean()), "attacks": rows,

@@ -50,18 +50,47 @@ class _FlipsToTrain(Attack):
         return x
 
 
-def test_model_left_in_train_mode_is_caught(healthy) -> None:
+def test_an_attack_that_flips_the_model_to_train_mode_is_reported_and_undone(healthy) -> None:
+    model, data = healthy
+    outcome = run_suite(model, [_FlipsToTrain(Budget(eps=0.1, alpha=0.1, steps=1))], data, batch_size=50,
+                        device=torch.device("cpu"))
+    assert not model.training and outcome.records[0].left_train_mode == 2  # restored before judging each batch
+    checks = {c.name: c for c in check_run(outcome, [{"white_box": True}])}
+    assert checks["attacks keep eval mode"].passed is False and not checks["attacks keep eval mode"].gating
+
+
+def test_a_model_in_train_mode_is_caught(healthy) -> None:
     from robust_uatt.checks import check_model
 
     model, data = healthy
     try:
-        outcome = run_suite(model, [_FlipsToTrain(Budget(eps=0.1, alpha=0.1, steps=1))], data, batch_size=50,
-                            device=torch.device("cpu"))
-        checks = check_model(model, data, outcome.clean_correct, num_classes=10, device=torch.device("cpu"), seed=0,
-                             stochastic=False)
+        model.train()
+        checks = check_model(model, data, torch.ones(len(data), dtype=torch.bool), num_classes=10,
+                             device=torch.device("cpu"), seed=0, stochastic=False)
     finally:
         model.eval()
     assert "eval mode" in {c.name for c in checks if c.failed_gate()}
+
+
+def test_torchattacks_attacks_leave_the_model_in_eval_mode() -> None:
+    """Regression: torchattacks restores "the model's mode" after attacking; the harness's wrapper must be in eval
+    mode or the wrapped model ends in train mode (batch norm / dropout / sampled glimpses for the next attack)."""
+    from torch import nn
+
+    from robust_uatt.data import Split
+    from robust_uatt.selftest import synthetic_squares
+
+    torch.manual_seed(0)
+    x, y = synthetic_squares(40, 32, 3)
+    data = Split(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), "synthetic")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(),
+                          nn.LazyLinear(10))
+    model(torch.rand(2, 3, 32, 32))
+    model.eval()
+    outcome = run_suite(model, [build_attack("apgd-ce", eps=0.1, steps=2), build_attack("pgd", eps=0.1, steps=2)],
+                        data, batch_size=20, device=torch.device("cpu"))
+    assert outcome.records[0].attacked and outcome.records[1].attacked  # the attacks really ran
+    assert not model.training and all(r.left_train_mode == 0 for r in outcome.records)
 
 
 class _OutsideBall(Attack):
