@@ -369,7 +369,7 @@ def _finish(recipe: Recipe, run_dir: Path, model: nn.Module, seed: int, device: 
                  "validation": "holdout" if recipe.data["holdout"] else "test split", "val_n": len(val_set)},
         "accuracy": {"test": test_acc, "val_last_epoch": records[-1]["val_acc"] if records else None},
         "train_images_per_s": (sum(r["images_per_s"] for r in records) / len(records)) if records else None,
-        "epochs": t["epochs"], "versions": versions(),
+        "epochs": t["epochs"], "versions": config_versions(run_dir),
     }
     if test_set.lossless is not None and bool(test_set.lossless.any()) and not bool(test_set.lossless.all()):
         exact = test_set.subset(test_set.lossless)
@@ -385,6 +385,15 @@ def _finish(recipe: Recipe, run_dir: Path, model: nn.Module, seed: int, device: 
     save_tensors(run_dir / WEIGHTS, state, {"recipe": recipe.to_dict(), "seed": seed, "kind": "robust-uatt model"})
     console.print(f"done: test accuracy {test_acc:.4f} on {len(test_set)} images; weights in {run_dir / WEIGHTS}")
     return card
+
+
+def config_versions(run_dir: Path) -> dict[str, Any]:
+    """The versions (git commit included) stamped when the run started: the code that trained the weights, even if
+    HEAD moved before the run finished."""
+    try:
+        return dict(read_json(run_dir / CONFIG)["versions"])
+    except Exception:  # a run dir without a readable config (should not happen): stamp what runs now
+        return versions()
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
