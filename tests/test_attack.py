@@ -9,6 +9,7 @@ from robust_uatt.attack.pgd import pgd
 from robust_uatt.data import Split
 from robust_uatt.errors import UserError
 from robust_uatt.harness import frozen_parameters, parse_eps, run_suite, summarize
+from robust_uatt.selftest import fit_small_cnn
 from tests.conftest import synthetic_images
 
 
@@ -31,16 +32,7 @@ def trained() -> tuple[nn.Module, Split]:
     x, y = synthetic_images(300, 32, 3, seed=5)
     xs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     ys = torch.from_numpy(y)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                          nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = nn.functional.cross_entropy(model(xs.float() / 255), ys)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return model, Split(xs[:64], ys[:64], "synthetic")
+    return fit_small_cnn(xs, ys, channels=8, steps=150), Split(xs[:64], ys[:64], "synthetic")
 
 
 def _suite(model, data, names, eps, steps=10, cascade=True, batch_size=32, **kw):
