@@ -137,7 +137,7 @@ def _config_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _load_state(path: Path | None, key: str, n: int, attacks: list[Attack]) -> tuple[torch.Tensor | None, list]:
+def _load_state(path: Path | None, key: str, attacks: list[Attack]) -> tuple[torch.Tensor | None, list]:
     if path is None or not path.exists():
         return None, [AttackRecord(a.describe()) for a in attacks]
     state = read_json(path)
@@ -177,7 +177,7 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
     model.eval()
     key = _config_key({"config": config or {}, "attacks": [a.describe() for a in attacks], "n": len(data),
                        "cascade": cascade, "batch_size": batch_size})
-    clean, records = _load_state(state_path, key, len(data), attacks)
+    clean, records = _load_state(state_path, key, attacks)
     counter = PassCounter(model).eval()  # a new Module starts in train mode; libraries that restore "the model's
     # mode" after attacking (torchattacks does) would otherwise flip the wrapped model into train mode
     with frozen_parameters(model), _progress(console) as progress:
