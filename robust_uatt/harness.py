@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from robust_uatt import evaluation
 from robust_uatt.attack import Attack
 from robust_uatt.data import Split, to_float
 from robust_uatt.errors import UserError
@@ -182,10 +183,7 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
     # mode" after attacking (torchattacks does) would otherwise flip the wrapped model into train mode
     with frozen_parameters(model), _progress(console) as progress:
         if clean is None:
-            clean = torch.zeros(len(data), dtype=torch.bool)
-            for start in range(0, len(data), batch_size):
-                x = to_float(data.x[start:start + batch_size].to(device, non_blocking=True))
-                clean[start:start + len(x)] = (predict(model, x).cpu() == data.y[start:start + len(x)])
+            clean = evaluation.predict(model, data.x, batch_size, device) == data.y
             _save_state(state_path, key, clean, records)
         for attack, rec in zip(attacks, records):
             if rec.done:
