@@ -18,12 +18,12 @@ import time
 import torch
 
 from bench.common import report
-from robust_uatt.attack.base import per_example_uniform
-from robust_uatt.attack.pgd import pgd
-from robust_uatt.data import load_split, to_float
-from robust_uatt.harness import frozen_parameters, parse_eps
-from robust_uatt.runtime import resolve_device
-from robust_uatt.zoo import load_trained
+from robust_uatt.attacks.base import per_example_uniform
+from robust_uatt.attacks.pgd import pgd
+from robust_uatt.data.datasets import load_split, to_float
+from robust_uatt.evaluation.harness import frozen_parameters, parse_eps
+from robust_uatt.utils.runtime import resolve_device
+from robust_uatt.models.zoo import load_trained
 
 
 def main() -> None:

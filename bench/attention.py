@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import race, report
-from robust_uatt.harness import frozen_parameters
-from robust_uatt.zoo import create_model, load_recipe
+from robust_uatt.evaluation.harness import frozen_parameters
+from robust_uatt.models.zoo import create_model, load_recipe
 
 
 def main() -> None:

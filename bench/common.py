@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from robust_uatt.runtime import versions
+from robust_uatt.utils.runtime import versions
 
 
 def race(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:

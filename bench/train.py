@@ -22,7 +22,7 @@ from torchvision import transforms
 from torchvision.models.vgg import make_layers
 
 from bench.common import report
-from robust_uatt.data import augment_crop_flip, load_split, to_float
+from robust_uatt.data.datasets import augment_crop_flip, load_split, to_float
 from robust_uatt.models.vgg import CIFAR10_MEAN, CIFAR10_STD, VGG16, scaled_cfg
 
 

@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NoReturn
 
-from robust_uatt.errors import UserError, environment_error
-from robust_uatt.io import check_writable
+from robust_uatt.utils.errors import UserError, environment_error
+from robust_uatt.utils.files import check_writable
 
 EXIT_USER_ERROR = 2
 
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robustbench", default=None, metavar="NAME", help="a RobustBench model from --model-dir")
     p.add_argument("--model-dir", default="models", help="RobustBench model directory (offline)")
     p.add_argument("--dataset", default="cifar10", help="dataset for --model-factory / --robustbench")
-    p.add_argument("--attack", default="pgd", help="one attack (see robust_uatt.attack.ATTACKS), e.g. pgd, pgd-eq14")
+    p.add_argument("--attack", default="pgd", help="one attack (see robust_uatt.attacks.ATTACKS), e.g. pgd, pgd-eq14")
     p.add_argument("--suite", default=None, help="a suite from attacks/<name>.toml: paper, quick, standard, adaptive")
     p.add_argument("--eps", default="8/255", help="Linf radius in [0,1] pixel units: 0.3, 8/255, ...")
     p.add_argument("--steps", type=int, default=None, help="iterations (queries/draws) of a single --attack")
@@ -156,8 +156,8 @@ def _one_line(text: str) -> str:
 def cmd_zoo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from robust_uatt.report import zoo_table
-    from robust_uatt.zoo import count_params, create_model, load_recipe, recipe_names
+    from robust_uatt.viz.tables import zoo_table
+    from robust_uatt.models.zoo import count_params, create_model, load_recipe, recipe_names
 
     rows = []
     for name in recipe_names():
@@ -171,10 +171,10 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from robust_uatt.io import RunLock, read_json
-    from robust_uatt.runtime import resolve_device
-    from robust_uatt.train import CHECKPOINT, CONFIG, WEIGHTS, TrainingDiverged, train
-    from robust_uatt.zoo import Recipe, load_recipe
+    from robust_uatt.utils.files import RunLock, read_json
+    from robust_uatt.utils.runtime import resolve_device
+    from robust_uatt.training.loop import CHECKPOINT, CONFIG, WEIGHTS, TrainingDiverged, train
+    from robust_uatt.models.zoo import Recipe, load_recipe
 
     _positive_int("epochs", args.epochs)
     device = resolve_device(args.device)
@@ -228,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from robust_uatt.robustness import run
+    from robust_uatt.evaluation.runner import run
 
     return run(args)
 
@@ -237,15 +237,15 @@ def cmd_curve(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from robust_uatt.attack import ATTACKS
-    from robust_uatt.curve import plot_curve, security_curve
-    from robust_uatt.data import load_split
-    from robust_uatt.errors import unknown_name
-    from robust_uatt.harness import parse_eps
-    from robust_uatt.io import write_json
-    from robust_uatt.runtime import configure, resolve_device, seed_all, versions
-    from robust_uatt.suites import Suite, SuiteEntry, load_suite
-    from robust_uatt.zoo import load_trained
+    from robust_uatt.attacks import ATTACKS
+    from robust_uatt.evaluation.curve import plot_curve, security_curve
+    from robust_uatt.data.datasets import load_split
+    from robust_uatt.utils.errors import unknown_name
+    from robust_uatt.evaluation.harness import parse_eps
+    from robust_uatt.utils.files import write_json
+    from robust_uatt.utils.runtime import configure, resolve_device, seed_all, versions
+    from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite
+    from robust_uatt.models.zoo import load_trained
 
     eps_list = [parse_eps(e) for e in args.eps.split(",")]
     _positive_int("n", args.n)
@@ -290,7 +290,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from robust_uatt.selftest import run_selftest
+    from robust_uatt.evaluation.selftest import run_selftest
 
     results = run_selftest(args.seed)
     table = Table(title="selftest: do the sanity checks catch planted failures?")
@@ -313,10 +313,10 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 def cmd_glimpses(args: argparse.Namespace) -> int:
     import torch
 
-    from robust_uatt.data import load_split, to_float
-    from robust_uatt.glimpse_plot import plot_glimpses
-    from robust_uatt.runtime import resolve_device, seed_all
-    from robust_uatt.zoo import load_trained
+    from robust_uatt.data.datasets import load_split, to_float
+    from robust_uatt.viz.glimpses import plot_glimpses
+    from robust_uatt.utils.runtime import resolve_device, seed_all
+    from robust_uatt.models.zoo import load_trained
 
     _positive_int("n", args.n)
     if not args.out.lower().endswith(".png"):
@@ -345,8 +345,8 @@ def cmd_glimpses(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from robust_uatt.compare import compare, default_leaderboard, load_results, read_leaderboard, report_tables
-    from robust_uatt.io import write_json
+    from robust_uatt.benchmark.compare import compare, default_leaderboard, load_results, read_leaderboard, report_tables
+    from robust_uatt.utils.files import write_json
 
     if args.top < 0:
         raise UserError(f"--top must be 0 or more, got {args.top}")

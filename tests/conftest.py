@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from robust_uatt.selftest import synthetic_squares
+from robust_uatt.evaluation.selftest import synthetic_squares
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-synthetic_images = synthetic_squares  # the generator selftest also uses (robust_uatt.selftest)
+synthetic_images = synthetic_squares  # the generator selftest also uses (robust_uatt.evaluation.selftest)
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from robust_uatt.attack import ATTACKS, build_attack, get_attack
-from robust_uatt.attack.pgd import pgd
-from robust_uatt.data import Split
-from robust_uatt.errors import UserError
-from robust_uatt.harness import frozen_parameters, parse_eps, run_suite, summarize
-from robust_uatt.selftest import fit_small_cnn
+from robust_uatt.attacks import ATTACKS, build_attack, get_attack
+from robust_uatt.attacks.pgd import pgd
+from robust_uatt.data.datasets import Split
+from robust_uatt.utils.errors import UserError
+from robust_uatt.evaluation.harness import frozen_parameters, parse_eps, run_suite, summarize
+from robust_uatt.evaluation.selftest import fit_small_cnn
 from tests.conftest import synthetic_images
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robust_uatt.attack import build_attack
-from robust_uatt.attack.base import Attack, Budget
-from robust_uatt.attack.pgd import PGDCE
-from robust_uatt.checks import check_budget, check_run, gate
-from robust_uatt.harness import run_suite
-from robust_uatt.selftest import BROKEN, evaluate, run_selftest, train_healthy
+from robust_uatt.attacks import build_attack
+from robust_uatt.attacks.base import Attack, Budget
+from robust_uatt.attacks.pgd import PGDCE
+from robust_uatt.evaluation.checks import check_budget, check_run, gate
+from robust_uatt.evaluation.harness import run_suite
+from robust_uatt.evaluation.selftest import BROKEN, evaluate, run_selftest, train_healthy
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_an_attack_that_flips_the_model_to_train_mode_is_reported_and_undone(hea
 
 
 def test_a_model_in_train_mode_is_caught(healthy) -> None:
-    from robust_uatt.checks import check_model
+    from robust_uatt.evaluation.checks import check_model
 
     model, data = healthy
     try:
@@ -77,8 +77,8 @@ def test_torchattacks_attacks_leave_the_model_in_eval_mode() -> None:
     mode or the wrapped model ends in train mode (batch norm / dropout / sampled glimpses for the next attack)."""
     from torch import nn
 
-    from robust_uatt.data import Split
-    from robust_uatt.selftest import synthetic_squares
+    from robust_uatt.data.datasets import Split
+    from robust_uatt.evaluation.selftest import synthetic_squares
 
     torch.manual_seed(0)
     x, y = synthetic_squares(40, 32, 3)

@@ -170,7 +170,7 @@ def test_security_curve_is_monotone_and_keeps_raw_values(trained_run: Path, run_
 
 
 def test_selftest_command_reports_and_sets_the_exit_code(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    import robust_uatt.selftest as selftest
+    import robust_uatt.evaluation.selftest as selftest
     from robust_uatt.cli import main
 
     caught = {"healthy model": {"caught": False, "failed": []},

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_uatt.cluttered import make_cluttered
+from robust_uatt.data.cluttered import make_cluttered
 
 
 def fake_digits(num: int = 50, seed: int = 123) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +51,7 @@ def test_determinism_per_seed() -> None:
 
 
 def test_chunking_does_not_change_output(monkeypatch: pytest.MonkeyPatch) -> None:
-    import robust_uatt.cluttered as mod
+    import robust_uatt.data.cluttered as mod
 
     digits, labels = fake_digits()
     a = make_cluttered(digits, labels, canvas=40, seed=3, n=37)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from robust_uatt.compare import (
+from robust_uatt.benchmark.compare import (
     compare,
     eps_equal,
     load_results,
@@ -21,7 +21,7 @@ from robust_uatt.compare import (
     read_leaderboard,
     threat_classes,
 )
-from robust_uatt.errors import UserError
+from robust_uatt.utils.errors import UserError
 from tests.conftest import REPO
 
 COLUMNS = ["model_id", "name", "architecture", "clean_acc", "autoattack_acc", "reported", "venue", "additional_data",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from robust_uatt import compat
-from robust_uatt.errors import UserError
+from robust_uatt.utils import compat
+from robust_uatt.utils.errors import UserError
 
 
 def test_pyautoattack_is_registered_as_autoattack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from robust_uatt.data import augment_crop_flip, load_split, resolve_data_dir
-from robust_uatt.errors import UserError
+from robust_uatt.data.datasets import augment_crop_flip, load_split, resolve_data_dir
+from robust_uatt.utils.errors import UserError
 
 
 def test_npz_loads_as_uint8_nchw_in_original_order(data_dir: Path) -> None:
@@ -104,7 +104,7 @@ def test_augmentation_is_seeded_and_is_a_shifted_crop_or_its_mirror() -> None:
 def test_failed_download_is_a_user_error_naming_both_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import urllib.error
 
-    import robust_uatt.data as data_mod
+    import robust_uatt.data.datasets as data_mod
 
     def offline(root, info, split, download):
         assert download  # only the download attempt reaches here: the folder holds no data

@@ -23,11 +23,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import robust_uatt.io as io_mod
-import robust_uatt.train as train_mod
+import robust_uatt.utils.files as io_mod
+import robust_uatt.training.loop as train_mod
 from robust_uatt import cli
-from robust_uatt.errors import UserError
-from robust_uatt.io import RunLock, load_tensors, load_torch_weights, save_tensors, write_json
+from robust_uatt.utils.errors import UserError
+from robust_uatt.utils.files import RunLock, load_tensors, load_torch_weights, save_tensors, write_json
 from tests.conftest import REPO
 
 TINY = """
@@ -170,7 +170,7 @@ def test_interrupt_checkpoints_prints_the_resume_command_and_locks_out_a_second_
 
 
 def test_deterministic_mode_is_on_for_cpu_training_and_restored_afterwards() -> None:
-    from robust_uatt.runtime import deterministic
+    from robust_uatt.utils.runtime import deterministic
 
     before = torch.are_deterministic_algorithms_enabled()
     with deterministic(torch.device("cpu")):
@@ -185,7 +185,7 @@ def test_deterministic_mode_is_on_for_cpu_training_and_restored_afterwards() -> 
 KILL_WRITER = textwrap.dedent("""
     import json, os, random, signal, sys, time
     import torch
-    from robust_uatt.io import write_json, save_tensors, load_tensors, remove_stale_temps
+    from robust_uatt.utils.files import write_json, save_tensors, load_tensors, remove_stale_temps
     folder = sys.argv[1]
     card, ckpt = os.path.join(folder, "card.json"), os.path.join(folder, "ckpt.safetensors")
 
@@ -555,7 +555,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_model_input_is_never_non_finite() -> None:
-    from robust_uatt.data import to_float
+    from robust_uatt.data.datasets import to_float
 
     assert to_float(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [0.0, 1.0]
     with pytest.raises(ValueError):

@@ -9,9 +9,10 @@ from types import ModuleType
 import pytest
 import torch
 
-from robust_uatt import compat, robustbench_models
-from robust_uatt.errors import UserError
-from robust_uatt.robustbench_models import expected_weights, load_robustbench_model
+from robust_uatt.benchmark import robustbench_models
+from robust_uatt.utils import compat
+from robust_uatt.utils.errors import UserError
+from robust_uatt.benchmark.robustbench_models import expected_weights, load_robustbench_model
 
 
 def _robustbench() -> ModuleType:

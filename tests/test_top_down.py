@@ -218,7 +218,7 @@ def test_two_decisions_learn_through_the_frozen_target() -> None:
 
 def test_glimpse_plot_writes_png(tmp_path) -> None:
     """The plot helper draws the top-down box and a fake glimpse trace into a non-empty PNG, atomically."""
-    from robust_uatt.glimpse_plot import plot_glimpses
+    from robust_uatt.viz.glimpses import plot_glimpses
 
     torch.manual_seed(0)
     model = TopDown(1, 28).eval()

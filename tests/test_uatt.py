@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from robust_uatt.errors import UserError
-from robust_uatt.losses import uatt_loss
+from robust_uatt.utils.errors import UserError
+from robust_uatt.models.losses import uatt_loss
 from robust_uatt.models.bottom_up import gaussian_log_prob
 from robust_uatt.models.uatt import STAT_KEYS, Rollout, build_uatt
 

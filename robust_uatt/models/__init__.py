@@ -1,1 +1,1 @@
-"""Model definitions: one architecture per module."""
+"""Model definitions (one architecture per module) and the zoo (recipes, registry, loading trained runs)."""

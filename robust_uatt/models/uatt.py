@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robust_uatt.errors import UserError, unknown_name
-from robust_uatt.losses import uatt_loss
+from robust_uatt.utils.errors import UserError, unknown_name
+from robust_uatt.models.losses import uatt_loss
 from robust_uatt.models.bottom_up import (
     Baseline,
     ContextHead,
@@ -131,7 +131,7 @@ class UATT(nn.Module):
         self.lam, self.beta1, self.beta2 = lam, beta1, beta2
         self.fusion = fusion
         self._policy = policy
-        # Attack-time switches (set through robust_uatt.attack.base.attack_switches, restored afterwards):
+        # Attack-time switches (set through robust_uatt.attacks.base.attack_switches, restored afterwards):
         # grad_path "vgg" detaches the glimpse/top-down input so gradients reach x only through the VGG features (the
         # paper's PGD protocol); bpda_tau relaxes the top-down argmax to softmax(Q/tau) in the backward pass.
         self.grad_path = "full"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robust_uatt.data import to_float
+from robust_uatt.data.datasets import to_float
 
 
 @torch.inference_mode()

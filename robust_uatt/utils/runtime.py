@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robust_uatt.errors import UserError
+from robust_uatt.utils.errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robust_uatt.attack.base import Attack
+from robust_uatt.attacks.base import Attack
 
 
 class TorchattacksAttack(Attack):

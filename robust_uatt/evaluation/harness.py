@@ -29,11 +29,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from robust_uatt import evaluation
-from robust_uatt.attack import Attack
-from robust_uatt.data import Split, to_float
-from robust_uatt.errors import UserError
-from robust_uatt.io import read_json, write_json
+from robust_uatt.evaluation import predict as evaluation
+from robust_uatt.attacks import Attack
+from robust_uatt.data.datasets import Split, to_float
+from robust_uatt.utils.errors import UserError
+from robust_uatt.utils.files import read_json, write_json
 
 _EPS_RE = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*(/\s*(\d+(\.\d*)?|\.\d+)\s*)?$")
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from rich.table import Table
 
-from robust_uatt.errors import UserError
+from robust_uatt.utils.errors import UserError
 
 EPS_TOL = 5e-4
 THREAT_MODELS = ("Linf", "L2", "corruptions", "corruptions_3d")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robust_uatt.errors import UserError, unknown_name
+from robust_uatt.utils.errors import UserError, unknown_name
 
 DATA_ENV = "ROBUST_UATT_DATA"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "robust_uatt" / "data"
@@ -49,7 +49,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo("mnist", (1, 28, 28), 10, "MNIST", "MNIST", (0.1307,), (0.3081,)),
     "fashion-mnist": DatasetInfo("fashion-mnist", (1, 28, 28), 10, "FashionMNIST", "FashionMNIST",
                                  (0.2860,), (0.3530,)),
-    # Generated from MNIST in memory (robust_uatt.cluttered); the recipe's [data] table sets canvas and clutter.
+    # Generated from MNIST in memory (robust_uatt.data.cluttered); the recipe's [data] table sets canvas and clutter.
     "cluttered-mnist": DatasetInfo("cluttered-mnist", (1, 100, 100), 10, "MNIST", "MNIST", (0.0,), (1.0,)),
 }
 DERIVED = {"cluttered-mnist": "mnist"}
@@ -234,7 +234,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
 
 
 def _generate(name: str, split: str, base: Split, params: dict) -> Split:
-    from robust_uatt.cluttered import make_cluttered
+    from robust_uatt.data.cluttered import make_cluttered
 
     canvas, pieces = int(params.get("canvas", 100)), int(params.get("pieces", 10))
     piece_size = int(params.get("piece_size", 8))

@@ -1,4 +1,4 @@
-"""AutoAttack: the reference implementation (``pyautoattack``/``autoattack``, via robust_uatt.compat) when
+"""AutoAttack: the reference implementation (``pyautoattack``/``autoattack``, via robust_uatt.utils.compat) when
 installed, else torchattacks' port, which runs fewer iterations — the result records which one ran."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robust_uatt.attack.base import Attack
-from robust_uatt.errors import UserError
+from robust_uatt.attacks.base import Attack
+from robust_uatt.utils.errors import UserError
 
 
 class AutoAttackStandard(Attack):
@@ -17,7 +17,7 @@ class AutoAttackStandard(Attack):
     options = {"version": "standard"}
 
     def implementation(self) -> str:
-        from robust_uatt.compat import import_autoattack
+        from robust_uatt.utils.compat import import_autoattack
 
         try:
             import_autoattack()
@@ -31,7 +31,7 @@ class AutoAttackStandard(Attack):
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
         b = self.budget
         if self.implementation().startswith("reference"):
-            from robust_uatt.compat import import_autoattack
+            from robust_uatt.utils.compat import import_autoattack
 
             aa = import_autoattack().AutoAttack(model, norm="Linf", eps=b.eps, version=self.opts["version"],
                                                 seed=b.seed, verbose=False)

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_uatt.attack import build_attack
-from robust_uatt.data import Split, to_float
-from robust_uatt.harness import SuiteOutcome, frozen_parameters, predict
+from robust_uatt.attacks import build_attack
+from robust_uatt.data.datasets import Split, to_float
+from robust_uatt.evaluation.harness import SuiteOutcome, frozen_parameters, predict
 
 SUBSET = 64  # points the model-level checks look at: enough to detect, cheap enough to always run
 BLACK_BOX_MARGIN = 0.002  # 0.2 points

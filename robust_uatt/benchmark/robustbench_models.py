@@ -26,8 +26,8 @@ from typing import Any
 
 from torch import nn
 
-from robust_uatt.compat import import_robustbench
-from robust_uatt.errors import UserError, unknown_name
+from robust_uatt.utils.compat import import_robustbench
+from robust_uatt.utils.errors import UserError, unknown_name
 
 
 def expected_weights(name: str, model_dir: str | Path, dataset: str = "cifar10", threat_model: str = "Linf") -> Path:

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as save_safetensors
 
-from robust_uatt.errors import UserError
+from robust_uatt.utils.errors import UserError
 
 try:
     import fcntl

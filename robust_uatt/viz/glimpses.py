@@ -5,7 +5,7 @@ Coordinates follow the glimpse sensor: (x, y) in [-1, 1], (0, 0) the image centr
 the same units (window_pixels * 2 / image_size); only the finest (smallest) window is drawn to keep panels readable.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot global state, safe in worker threads and headless runs)
-and writes atomically (``robust_uatt.io.atomic_write_bytes``).
+and writes atomically (``robust_uatt.utils.files.atomic_write_bytes``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from robust_uatt.io import atomic_write_bytes
+from robust_uatt.utils.files import atomic_write_bytes
 
 
 def _np(value: Any) -> np.ndarray:

@@ -18,11 +18,11 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from torch import nn
 
-from robust_uatt.attack import build_attack
-from robust_uatt.data import Split
-from robust_uatt.harness import run_suite
-from robust_uatt.io import atomic_write_bytes
-from robust_uatt.suites import Suite
+from robust_uatt.attacks import build_attack
+from robust_uatt.data.datasets import Split
+from robust_uatt.evaluation.harness import run_suite
+from robust_uatt.utils.files import atomic_write_bytes
+from robust_uatt.evaluation.suites import Suite
 
 
 def security_curve(model: nn.Module, suite: Suite, data: Split, eps_list: list[float], *, batch_size: int,

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robust_uatt.attack import build_attack
-from robust_uatt.checks import Check, check_model, check_run, gate
-from robust_uatt.data import Split
-from robust_uatt.harness import run_suite
+from robust_uatt.attacks import build_attack
+from robust_uatt.evaluation.checks import Check, check_model, check_run, gate
+from robust_uatt.data.datasets import Split
+from robust_uatt.evaluation.harness import run_suite
 
 
 def synthetic_squares(n: int, hw: int, channels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -15,16 +15,16 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from robust_uatt.attack import ATTACKS, build_attack
-from robust_uatt.checks import as_dicts, check_budget, check_model, check_run, gate
-from robust_uatt.data import DATASETS, load_split
-from robust_uatt.errors import UserError
-from robust_uatt.harness import parse_eps, run_suite, summarize
-from robust_uatt.io import RunLock, atomic_write_text, check_writable, load_state_into, load_tensors, write_json
-from robust_uatt.report import attack_markdown, attack_table
-from robust_uatt.runtime import configure, resolve_device, seed_all, versions
-from robust_uatt.suites import Suite, SuiteEntry, load_suite
-from robust_uatt.zoo import load_trained
+from robust_uatt.attacks import ATTACKS, build_attack
+from robust_uatt.evaluation.checks import as_dicts, check_budget, check_model, check_run, gate
+from robust_uatt.data.datasets import DATASETS, load_split
+from robust_uatt.utils.errors import UserError
+from robust_uatt.evaluation.harness import parse_eps, run_suite, summarize
+from robust_uatt.utils.files import RunLock, atomic_write_text, check_writable, load_state_into, load_tensors, write_json
+from robust_uatt.viz.tables import attack_markdown, attack_table
+from robust_uatt.utils.runtime import configure, resolve_device, seed_all, versions
+from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite
+from robust_uatt.models.zoo import load_trained
 
 EXIT_INVALID = 4
 
@@ -57,7 +57,7 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], str
                        "preset": recipe.preset, "recipe": recipe.to_dict()}, recipe.dataset, recipe.data
     dataset = args.dataset
     if dataset not in DATASETS:
-        from robust_uatt.errors import unknown_name
+        from robust_uatt.utils.errors import unknown_name
 
         raise unknown_name("dataset", dataset, DATASETS)
     if args.model_factory:
@@ -75,7 +75,7 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], str
             tensors, _ = load_tensors(args.checkpoint)
             load_state_into(model, tensors, args.checkpoint)
         return model.eval(), {"name": args.model_factory, "weights": args.checkpoint, "kind": "factory"}, dataset, {}
-    from robust_uatt.robustbench_models import load_robustbench_model
+    from robust_uatt.benchmark.robustbench_models import load_robustbench_model
 
     model = load_robustbench_model(args.robustbench, args.model_dir, dataset=dataset, threat_model="Linf")
     return model.eval(), {"name": args.robustbench, "weights": args.model_dir, "kind": "robustbench"}, dataset, {}
@@ -88,7 +88,7 @@ def suite_from_args(args: argparse.Namespace) -> Suite:
             raise UserError("--steps applies to a single --attack; a suite sets each attack's steps")
     else:
         if args.attack not in ATTACKS:
-            from robust_uatt.errors import unknown_name
+            from robust_uatt.utils.errors import unknown_name
 
             raise unknown_name("attack", args.attack, ATTACKS)
         suite = Suite(args.attack, ATTACKS[args.attack].description,

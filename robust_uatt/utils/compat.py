@@ -14,7 +14,7 @@ import pkgutil
 import sys
 from types import ModuleType
 
-from robust_uatt.errors import UserError
+from robust_uatt.utils.errors import UserError
 
 _INSTALL_HINT = "install the optional extra: pip install 'robust-uatt[robustbench]'"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from robust_uatt.errors import UserError, unknown_name
+from robust_uatt.utils.errors import UserError, unknown_name
 
 
 def toml_dirs(package: str, folder: str) -> list[Path]:
@@ -18,7 +18,7 @@ def toml_dirs(package: str, folder: str) -> list[Path]:
         dirs.append(Path(str(resources.files(package))))
     except (ModuleNotFoundError, TypeError):
         pass
-    dirs.append(Path(__file__).resolve().parent.parent / folder)
+    dirs.append(Path(__file__).resolve().parents[2] / folder)
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
 
 

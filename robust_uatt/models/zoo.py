@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import nn
 
-from robust_uatt.data import DATASETS, dataset_shape
-from robust_uatt.errors import UserError, unknown_name
-from robust_uatt.resources import find_toml, toml_names
+from robust_uatt.data.datasets import DATASETS, dataset_shape
+from robust_uatt.utils.errors import UserError, unknown_name
+from robust_uatt.utils.resources import find_toml, toml_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -312,7 +312,7 @@ def find_weights(spec: str, runs_dir: str | Path = "runs") -> Path:
 
 def load_trained(spec: str, runs_dir: str | Path = "runs") -> tuple[nn.Module, Recipe, Path]:
     """Model (eval mode, on CPU), its recipe and the weights file, from a zoo name, run directory or checkpoint."""
-    from robust_uatt.io import load_state_into, load_tensors
+    from robust_uatt.utils.files import load_state_into, load_tensors
 
     weights = find_weights(spec, runs_dir)
     if weights.suffix != ".safetensors":

@@ -1,14 +1,14 @@
-"""Attacks by name: each a short class with the same shape (``robust_uatt.attack.base.Attack``)."""
+"""Attacks by name: each a short class with the same shape (``robust_uatt.attacks.base.Attack``)."""
 
 from __future__ import annotations
 
-from robust_uatt.attack.autoattack import AutoAttackStandard
-from robust_uatt.attack.base import Attack, Budget
-from robust_uatt.attack.noise import UniformNoise
-from robust_uatt.attack.pgd import PGDBPDA, PGDCE, PGDEq14, RegionEnum
-from robust_uatt.attack.torchattacks_suite import TAAPGDCE, TAAPGDDLR, TACW, TAFGSM, TAPGD, TASquare
-from robust_uatt.attack.transfer import Transfer
-from robust_uatt.errors import UserError, unknown_name
+from robust_uatt.attacks.adapters.autoattack import AutoAttackStandard
+from robust_uatt.attacks.base import Attack, Budget
+from robust_uatt.attacks.noise import UniformNoise
+from robust_uatt.attacks.pgd import PGDBPDA, PGDCE, PGDEq14, RegionEnum
+from robust_uatt.attacks.adapters.torchattacks import TAAPGDCE, TAAPGDDLR, TACW, TAFGSM, TAPGD, TASquare
+from robust_uatt.attacks.transfer import Transfer
+from robust_uatt.utils.errors import UserError, unknown_name
 
 ATTACKS: dict[str, type[Attack]] = {
     a.name: a for a in (TAPGD, TAFGSM, TAAPGDCE, TAAPGDDLR, TACW, TASquare, AutoAttackStandard, PGDCE, PGDEq14,

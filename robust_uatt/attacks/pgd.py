@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robust_uatt.attack.base import Attack, model_switches, per_example_uniform, supports
+from robust_uatt.attacks.base import Attack, model_switches, per_example_uniform, supports
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]  # (model, x, y) -> (loss sum, logits)
 
@@ -28,7 +28,7 @@ def eq14_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """The paper's attack loss: the full training objective (Eq. 14 + Q loss); plain CE for models without one."""
     if not hasattr(getattr(model, "wrapped", model), "rollout"):  # look through the harness's pass counter
         return ce_loss(model, x, y)
-    from robust_uatt.losses import uatt_loss
+    from robust_uatt.models.losses import uatt_loss
 
     r = model.rollout(x, y)
     total, terms = uatt_loss(r, y, beta1=model.beta1, beta2=model.beta2, lam=model.lam,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from robust_uatt.attack.base import Attack, per_example_uniform
-from robust_uatt.attack.pgd import pgd
-from robust_uatt.errors import UserError
+from robust_uatt.attacks.base import Attack, per_example_uniform
+from robust_uatt.attacks.pgd import pgd
+from robust_uatt.utils.errors import UserError
 
 
 class Transfer(Attack):

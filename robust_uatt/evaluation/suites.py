@@ -2,7 +2,7 @@
 
     description = "..."
     [[attacks]]
-    name = "pgd-eq14"        # a name from robust_uatt.attack.ATTACKS
+    name = "pgd-eq14"        # a name from robust_uatt.attacks.ATTACKS
     steps = 30               # optional: the attack's default otherwise
     role = "paper"           # optional: the paper-protocol row (never cascaded; gives the overestimation column)
     options = { grad_path = "vgg" }
@@ -14,9 +14,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from robust_uatt.attack import ATTACKS
-from robust_uatt.errors import UserError, unknown_name
-from robust_uatt.resources import find_toml, toml_names
+from robust_uatt.attacks import ATTACKS
+from robust_uatt.utils.errors import UserError, unknown_name
+from robust_uatt.utils.resources import find_toml, toml_names
 
 if sys.version_info >= (3, 11):
     import tomllib

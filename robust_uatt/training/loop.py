@@ -33,10 +33,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from robust_uatt.data import Split, augment_crop_flip, load_split, to_float
-from robust_uatt.errors import UserError
-from robust_uatt.evaluation import accuracy
-from robust_uatt.io import (
+from robust_uatt.data.datasets import Split, augment_crop_flip, load_split, to_float
+from robust_uatt.utils.errors import UserError
+from robust_uatt.evaluation.predict import accuracy
+from robust_uatt.utils.files import (
     RunLock,
     append_jsonl,
     atomic_write_text,
@@ -47,9 +47,9 @@ from robust_uatt.io import (
     save_tensors,
     write_json,
 )
-from robust_uatt.runtime import configure, seed_all, versions
-from robust_uatt.runtime import deterministic as deterministic_mode
-from robust_uatt.zoo import Recipe, count_params, create_model
+from robust_uatt.utils.runtime import configure, seed_all, versions
+from robust_uatt.utils.runtime import deterministic as deterministic_mode
+from robust_uatt.models.zoo import Recipe, count_params, create_model
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"

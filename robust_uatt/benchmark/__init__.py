@@ -1,0 +1,1 @@
+"""Benchmarking against RobustBench: leaderboard reading, comparison, RobustBench model loading."""

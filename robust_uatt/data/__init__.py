@@ -1,0 +1,1 @@
+"""Datasets as in-memory uint8 tensors, data-directory resolution, generated datasets (cluttered MNIST)."""

@@ -1,0 +1,1 @@
+"""Evaluation: the attack harness (cascade, worst case, resumable state), sanity checks, suites, curves."""

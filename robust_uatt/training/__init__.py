@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints (bit-identical resume), model cards."""

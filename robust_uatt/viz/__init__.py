@@ -1,0 +1,1 @@
+"""Presentation: rich/Markdown tables and plots."""
