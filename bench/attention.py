@@ -40,7 +40,7 @@ def main() -> None:
 
         def step() -> None:
             model.train()
-            loss = model.training_loss(x, y)[0] if hasattr(model, "training_loss") else F.cross_entropy(model(x), y)
+            loss = model.objective(x, y)[0] if hasattr(model, "objective") else F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -8,10 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from robust_uatt.utils.errors import UserError
-from robust_uatt.models.losses import uatt_loss
 from robust_uatt.models.bottom_up import gaussian_log_prob
-from robust_uatt.models.uatt import STAT_KEYS, Rollout, build_uatt
+from robust_uatt.models.uatt import STAT_KEYS, Rollout, build_uatt, eq14_loss
 
 TINY = dict(glimpses=3, patch=4, hidden=32, glimpse_hidden=16, glimpse_dim=32, context_hidden=16)
 
@@ -62,14 +60,15 @@ def test_every_parameter_gets_a_finite_gradient_from_eq14_plus_q_loss(name: str)
     torch.manual_seed(0)
     model = tiny(**overrides).train()
     x, y = batch(size=int(overrides.get("image_size", 16)))
-    loss, stats = model.training_loss(x, y)
-    assert set(stats) == set(STAT_KEYS) and all(isinstance(v, float) for v in stats.values())
+    loss, terms, logits = model.objective(x, y)
+    assert set(terms) == set(STAT_KEYS) and all(v.dim() == 0 and not v.requires_grad for v in terms.values())
+    assert logits.shape == (x.shape[0], model.num_classes)
     loss.backward()
     bad = [n for n, p in model.named_parameters()
            if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())]
     assert not bad, f"parameters without a finite gradient: {bad}"
     if overrides.get("top_down"):
-        assert stats["loss_q"] > 0.0
+        assert terms["loss_q"] > 0.0
 
 
 def test_bottom_up_model_learns_left_vs_right_bright_square() -> None:
@@ -80,7 +79,7 @@ def test_bottom_up_model_learns_left_vs_right_bright_square() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(100):
         x, y = bright_square_task(64, gen)
-        loss, _ = model.training_loss(x, y)
+        loss, _, _ = model.objective(x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -106,7 +105,7 @@ def test_mean_policy_is_deterministic_and_sample_policy_is_not(top_down: bool) -
         assert not torch.equal(model(x), model(x))
         model.policy = "mean"
         assert torch.equal(model(x), first)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         model.policy = "greedy"
 
 
@@ -140,7 +139,7 @@ def test_reinforce_sign_descent_raises_log_prob_of_actions_that_beat_the_baselin
     action = torch.tensor([[0.1, -0.05]])
     y = torch.tensor([0])
     rollout = _reinforce_only_rollout(mean, action, correct, baseline=0.3)
-    total, terms = uatt_loss(rollout, y, beta1=0.0, beta2=1.0, lam=0.5, use_context=False)
+    total, terms = eq14_loss(rollout, y, beta1=0.0, beta2=1.0, lam=0.5, use_context=False)
     advantage = (1.0 if correct else 0.0) - 0.3
     weight = 0.5 + 0.5  # entropy of the patch the action led to + lambda
     before = gaussian_log_prob(action, mean, 0.15).item()
@@ -163,7 +162,7 @@ def test_vgg16_backbone_fusions_give_logits_and_input_gradients_in_eval(fusion: 
     torch.nn.functional.cross_entropy(logits, y).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     x.grad = None
-    loss, _ = model.training_loss(x, y)  # the attack loss (Eq. 14) in eval mode
+    loss, _, _ = model.objective(x, y)  # the attack loss (Eq. 14) in eval mode
     loss.backward()
     assert x.grad.abs().sum() > 0 and x.grad.isfinite().all()
 
@@ -182,7 +181,7 @@ def test_ablation_switches_run_and_report_zero_for_switched_off_terms(overrides:
     torch.manual_seed(0)
     model = tiny(**overrides).train()
     x, y = batch()
-    loss, stats = model.training_loss(x, y)
+    loss, stats, _ = model.objective(x, y)
     loss.backward()
     assert stats["loss_q"] == 0.0  # no top-down here
     for key in zero_keys:
@@ -200,7 +199,7 @@ def test_entropy_switch_changes_only_the_reinforce_weight() -> None:
         torch.manual_seed(0)
         model = tiny(entropy=entropy).train()
         torch.manual_seed(1)
-        stats[entropy] = model.training_loss(x, y)[1]
+        stats[entropy] = model.objective(x, y)[1]
     assert stats[True]["loss_cls"] == stats[False]["loss_cls"]
     assert stats[True]["loss_reinforce"] != stats[False]["loss_reinforce"]
 
@@ -211,5 +210,5 @@ def test_build_signature_is_keyword_only_with_defaults_and_rejects_unknown_choic
     required = {p.name for p in params if p.default is inspect.Parameter.empty}
     assert required == {"num_classes", "in_channels", "image_size"}
     for bad in (dict(core="gru"), dict(glimpse_net="mlp"), dict(location_control="left"), dict(fusion="sum")):
-        with pytest.raises(UserError):
+        with pytest.raises(ValueError):
             tiny(**bad)

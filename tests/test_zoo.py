@@ -7,12 +7,12 @@ import torch
 
 from robust_uatt.utils.errors import UserError
 from robust_uatt.models.vgg import VGG16
-from robust_uatt.models.zoo import ARCHITECTURES, create_model, load_recipe, recipe_names
+from robust_uatt.models.zoo import MODELS, create_model, load_recipe, recipe_names
 
 
 def test_registry_lists_the_vgg_recipe_and_presets() -> None:
     assert "cifar10-vgg" in recipe_names()
-    assert "vgg16" in ARCHITECTURES
+    assert "vgg16" in MODELS
     recipe = load_recipe("cifar10-vgg")
     assert {"smoke", "cpu"} <= set(recipe.presets)
     smoke = load_recipe("cifar10-vgg", "smoke")

@@ -1,15 +1,17 @@
 """What every attack gets and returns, in one small base class (in the spirit of torchattacks' ``Attack``).
 
 An attack is built with its budget (eps, alpha, steps, seed, eot, options) and called as
-``attack(model, x, y, index) -> x_adv``; ``index`` holds the examples' global positions in the evaluated set, so an
-attack that draws random numbers can seed them per example and give the same answer whatever batch a point sits in.
+``attack(model, x, y, index=None) -> x_adv``; ``index`` holds the examples' global positions in the evaluated set
+(default ``0..B-1``), so an attack that draws random numbers can seed them per example and give the same answer
+whatever batch a point sits in. The call puts the model in eval mode and freezes its parameters for the attack's
+duration, restoring both afterwards (as torchattacks' base class does), so a library caller gets the harness's
+guarantees; an attack that flipped the model into train mode is recorded in ``left_train_mode``.
 The harness owns evaluation: it re-runs the model on every returned x_adv and checks that it lies in the eps-ball.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -29,6 +31,17 @@ class Budget:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+ATTACKS: dict[str, type["Attack"]] = {}  # name -> class, filled by @register_attack
+
+
+def register_attack(cls: type["Attack"]) -> type["Attack"]:
+    """Class decorator: make an attack available by its ``name`` (``--attack``, suites, ``make_attack``)."""
+    if cls.name in ATTACKS:
+        raise ValueError(f"attack '{cls.name}' is registered twice")
+    ATTACKS[cls.name] = cls
+    return cls
+
+
 class Attack:
     """Subclasses set the class attributes and implement ``perturb``."""
 
@@ -44,12 +57,26 @@ class Attack:
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.opts = {**self.options, **budget.options}
+        self.left_train_mode = False  # whether the last call found the model in train mode afterwards (restored)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
-        return self.perturb(model, x, y, index).detach()
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor | None = None) -> Tensor:
+        """Adversarial examples (B, C, H, W) in [0, 1] for images x (B, C, H, W) in [0, 1] and labels y (B,)."""
+        if index is None:
+            index = torch.arange(len(x))
+        was_training = model.training
+        flags = [p.requires_grad for p in model.parameters()]
+        model.eval().requires_grad_(False)
+        try:
+            adv = self.perturb(model, x, y, index).detach()
+            self.left_train_mode = model.training
+        finally:
+            model.train(was_training)
+            for p, flag in zip(model.parameters(), flags):
+                p.requires_grad_(flag)
+        return adv
 
     def describe(self) -> dict[str, Any]:
         b = self.budget
@@ -67,29 +94,16 @@ def per_example_uniform(x: Tensor, index: Tensor, eps: float, seed: int, salt: i
     return out
 
 
-@contextmanager
-def model_switches(model: nn.Module, **switches: Any) -> Iterator[None]:
-    """Set attack-time attributes on the attention model (policy, grad_path, bpda_tau, top-down forced action) and
-    restore them afterwards. Switches a model does not have are ignored: a plain VGG has no glimpses to detach."""
-    target = getattr(model, "wrapped", model)  # through the harness's pass counter
-    saved: list[tuple[object, str, Any]] = []
-    try:
-        for key, value in switches.items():
-            obj, attr = target, key
-            if key == "forced_action":
-                obj = getattr(target, "top_down", None)
-            if obj is None or not hasattr(obj, attr):
-                continue
-            saved.append((obj, attr, getattr(obj, attr)))
-            setattr(obj, attr, value)
-        yield
-    finally:
-        for obj, attr, value in reversed(saved):
-            setattr(obj, attr, value)
+def attack_mode(model: nn.Module, *, grad_path: str | None = None, bpda_tau: float | None = None,
+                forced_action: int | None = None) -> AbstractContextManager[None]:
+    """The model's own ``attack_mode`` (the attention model: gradient path, BPDA, forced top-down region), or
+    nothing for a model without one: a plain VGG has no glimpses to detach."""
+    mode = getattr(model, "attack_mode", None)
+    if mode is None:
+        return nullcontext()
+    return mode(grad_path=grad_path, bpda_tau=bpda_tau, forced_action=forced_action)
 
 
-def supports(model: nn.Module, switch: str) -> bool:
-    model = getattr(model, "wrapped", model)
-    if switch == "forced_action":
-        return getattr(model, "top_down", None) is not None
-    return hasattr(model, switch)
+def has_top_down(model: nn.Module) -> bool:
+    """Whether the model makes a top-down region choice that ``attack_mode(forced_action=...)`` can force."""
+    return getattr(model, "top_down", None) is not None

@@ -9,12 +9,13 @@ as its points one by one), and stops working on a point as soon as it is misclas
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robust_uatt.attacks.base import Attack, model_switches, per_example_uniform, supports
+from robust_uatt.attacks.base import Attack, attack_mode, has_top_down, per_example_uniform, register_attack
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]  # (model, x, y) -> (loss sum, logits)
 
@@ -24,18 +25,14 @@ def ce_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return F.cross_entropy(logits, y, reduction="sum"), logits
 
 
-def eq14_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """The paper's attack loss: the full training objective (Eq. 14 + Q loss); plain CE for models without one."""
-    if not hasattr(getattr(model, "wrapped", model), "rollout"):  # look through the harness's pass counter
+def objective_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The paper's attack loss: the model's own training objective (``UATT.objective``: Eq. 14 + Q loss); plain CE
+    for models without one."""
+    objective = getattr(model, "objective", None)
+    if objective is None:
         return ce_loss(model, x, y)
-    from robust_uatt.models.losses import uatt_loss
-
-    r = model.rollout(x, y)
-    total, terms = uatt_loss(r, y, beta1=model.beta1, beta2=model.beta2, lam=model.lam,
-                             use_entropy=model.use_entropy, use_context=model.use_context)
-    if model.top_down is not None and r.top_down is not None:
-        total = total + model.top_down.q_loss(r.top_down, terms["reward"])
-    return total * x.shape[0], r.logits[-1]  # batch mean -> sum: the gradient sign per example is unchanged
+    loss, _, logits = objective(x, y)
+    return loss * x.shape[0], logits  # batch mean -> sum: the gradient sign per example is unchanged
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float, steps: int, loss_fn: LossFn = ce_loss,
@@ -73,14 +70,15 @@ class PGDBase(Attack):
     options = {"restarts": 1, "random_start": True, "early_stop": True}
     loss_fn: staticmethod = staticmethod(ce_loss)
 
-    def switches(self) -> dict:
+    def switches(self) -> dict[str, Any]:
+        """Keyword arguments of ``attack_mode`` for this attack (gradient path, BPDA temperature)."""
         return {}
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
         b = self.budget
         best = x.clone()
         undone = torch.ones(len(x), dtype=torch.bool, device=x.device)
-        with model_switches(model, **self.switches()):
+        with attack_mode(model, **self.switches()):
             for restart in range(int(self.opts["restarts"])):
                 idx = torch.nonzero(undone).flatten()
                 if len(idx) == 0:
@@ -95,38 +93,42 @@ class PGDBase(Attack):
         return best
 
 
+@register_attack
 class PGDCE(PGDBase):
     name = "pgd-ce"
     description = "our PGD on the final logits (CE), per-example seeded start, early stop, EOT for stochastic models"
 
 
+@register_attack
 class PGDEq14(PGDBase):
     name = "pgd-eq14"
     description = ("the paper's protocol: PGD ascending the training loss Eq. 14 (+ Q loss); grad_path 'vgg' "
                    "(paper: gradient through the VGG features only) or 'full'")
     options = {**PGDBase.options, "grad_path": "vgg", "early_stop": False}
-    loss_fn = staticmethod(eq14_loss)
+    loss_fn = staticmethod(objective_loss)
 
-    def switches(self) -> dict:
+    def switches(self) -> dict[str, Any]:
         return {"grad_path": self.opts["grad_path"]}
 
 
+@register_attack
 class PGDBPDA(PGDBase):
     name = "pgd-bpda"
     description = "PGD-CE through the whole model with BPDA: the top-down argmax relaxed to softmax(Q/tau) backward"
     options = {**PGDBase.options, "tau": 0.1}
 
-    def switches(self) -> dict:
+    def switches(self) -> dict[str, Any]:
         return {"bpda_tau": float(self.opts["tau"]), "grad_path": "full"}
 
 
+@register_attack
 class RegionEnum(PGDBase):
     name = "region-enum"
     description = "PGD-CE with each of the 4 top-down choices forced; a point counts as broken if any candidate " \
                   "fools the unmodified model"
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
-        if not supports(model, "forced_action"):
+        if not has_top_down(model):
             return super().perturb(model, x, y, index)
         best = x.clone()
         undone = torch.ones(len(x), dtype=torch.bool, device=x.device)
@@ -134,7 +136,7 @@ class RegionEnum(PGDBase):
             idx = torch.nonzero(undone).flatten()
             if len(idx) == 0:
                 break
-            with model_switches(model, forced_action=action):
+            with attack_mode(model, forced_action=action):
                 adv = super().perturb(model, x[idx], y[idx], index[idx.cpu()])
             best[idx] = adv
             with torch.no_grad():  # judged on the model as deployed: its own region choice

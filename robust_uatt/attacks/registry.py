@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from robust_uatt.attacks.adapters.autoattack import AutoAttackStandard
-from robust_uatt.attacks.base import Attack, Budget
-from robust_uatt.attacks.noise import UniformNoise
-from robust_uatt.attacks.pgd import PGDBPDA, PGDCE, PGDEq14, RegionEnum
-from robust_uatt.attacks.adapters.torchattacks import TAAPGDCE, TAAPGDDLR, TACW, TAFGSM, TAPGD, TASquare
-from robust_uatt.attacks.transfer import Transfer
-from robust_uatt.utils.errors import UserError, unknown_name
+from typing import Any
 
-ATTACKS: dict[str, type[Attack]] = {
-    a.name: a for a in (TAPGD, TAFGSM, TAAPGDCE, TAAPGDDLR, TACW, TASquare, AutoAttackStandard, PGDCE, PGDEq14,
-                        PGDBPDA, RegionEnum, UniformNoise, Transfer)
-}
+from robust_uatt.attacks import noise, pgd, transfer  # noqa: F401  (importing registers each attack)
+from robust_uatt.attacks.adapters import autoattack, torchattacks  # noqa: F401
+from robust_uatt.attacks.base import ATTACKS, Attack, Budget
+from robust_uatt.utils.errors import UserError, unknown_name
 
 
 def get_attack(name: str) -> type[Attack]:
@@ -30,6 +24,8 @@ def build_attack(name: str, *, eps: float, alpha: float | None = None, steps: in
     unknown = set(options) - set(cls.options) - {"n_classes"}
     if unknown:
         raise unknown_name(f"option of attack {name}:", sorted(unknown)[0], cls.options)
+    for key, value in options.items():
+        _check_option(name, key, value, cls.options.get(key))
     steps = steps or cls.default_steps
     if steps <= 0:
         raise UserError(f"steps must be positive, got {steps}")
@@ -37,6 +33,22 @@ def build_attack(name: str, *, eps: float, alpha: float | None = None, steps: in
         raise UserError(f"eot must be positive, got {eot}")
     alpha = alpha if alpha is not None else 2.5 * eps / steps
     return cls(Budget(eps=eps, alpha=alpha, steps=steps, seed=seed, eot=eot, options=options))
+
+
+def _check_option(attack: str, key: str, value: Any, default: Any) -> None:
+    """An option value must have its default's kind: ``early_stop=false`` is a bool, ``restarts=abc`` an error."""
+    if default is None:  # no typed default (objects such as the transfer source)
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            isinstance(value, int) or not isinstance(default, int))
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise UserError(f"option {key} of attack {attack} must be {type(default).__name__} (like {default!r}), "
+                        f"got {value!r}")
 
 
 __all__ = ["ATTACKS", "Attack", "Budget", "build_attack", "get_attack"]

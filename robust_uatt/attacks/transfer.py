@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from robust_uatt.attacks.base import Attack, per_example_uniform
+from robust_uatt.attacks.base import Attack, register_attack, per_example_uniform
 from robust_uatt.attacks.pgd import pgd
 from robust_uatt.utils.errors import UserError
 
 
+@register_attack
 class Transfer(Attack):
     name = "transfer"
     white_box = False

@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from robust_uatt.evaluation import predict as evaluation
 from robust_uatt.attacks import Attack
 from robust_uatt.data.datasets import Split, to_float
+from robust_uatt.evaluation.predict import predict, predict_labels
 from robust_uatt.utils.errors import UserError
 from robust_uatt.utils.files import read_json, write_json
+from robust_uatt.viz.progress import progress_bar
 
 _EPS_RE = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*(/\s*(\d+(\.\d*)?|\.\d+)\s*)?$")
 
@@ -64,45 +64,35 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(f)
 
 
-class PassCounter(nn.Module):
-    """Wraps the model to count forward and backward passes, in examples (a batch of 100 = 100 passes)."""
+class PassCounter:
+    """Counts forward and backward passes through ``model``, in examples (a batch of 100 = 100 passes), with a
+    forward hook: every call of the model (``forward``, and the attention model's ``rollout``, which goes through
+    ``__call__`` too) adds its batch size; a backward through its output adds it again. The model itself is not
+    wrapped, so attacks see it as it is."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    def __init__(self) -> None:
         self.forwards = 0
         self.backwards = 0
+
+    @contextmanager
+    def attached(self, model: nn.Module) -> Iterator[PassCounter]:
+        handle = model.register_forward_hook(self._hook)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        n = int(args[0].shape[0]) if args and torch.is_tensor(args[0]) else 0
+        self.forwards += n
+        out = output if torch.is_tensor(output) else getattr(output, "logits", None)
+        if torch.is_tensor(out) and out.requires_grad:
+            out.register_hook(self._count_backward(n))
 
     def _count_backward(self, n: int):
         def hook(grad: torch.Tensor) -> None:
             self.backwards += n
         return hook
-
-    @property
-    def wrapped(self) -> nn.Module:
-        return self._modules["model"]
-
-    def _count(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        self.forwards += x.shape[0]
-        if out.requires_grad:
-            out.register_hook(self._count_backward(x.shape[0]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        self._count(x, out)
-        return out
-
-    def rollout(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Any:
-        """The attention model's full pass (used by the Eq. 14 attack loss), counted like a forward."""
-        r = self.model.rollout(x, y)
-        self._count(x, r.logits)
-        return r
-
-    def __getattr__(self, name: str) -> Any:  # the attention model's attributes (rollout, top_down, ...) pass through
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["model"], name)
 
 
 @dataclass
@@ -162,11 +152,6 @@ def _save_state(path: Path | None, key: str, clean: torch.Tensor, records: list[
                       "records": [{k: v for k, v in r.__dict__.items() if k != "info"} for r in records]})
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(1)
-
-
 def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_size: int, device: torch.device,
               cascade: bool = True, uncascaded: frozenset[str] = frozenset(), state_path: Path | None = None,
               config: dict[str, Any] | None = None, console: Console | None = None) -> SuiteOutcome:
@@ -179,11 +164,10 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
     key = _config_key({"config": config or {}, "attacks": [a.describe() for a in attacks], "n": len(data),
                        "cascade": cascade, "batch_size": batch_size})
     clean, records = _load_state(state_path, key, attacks)
-    counter = PassCounter(model).eval()  # a new Module starts in train mode; libraries that restore "the model's
-    # mode" after attacking (torchattacks does) would otherwise flip the wrapped model into train mode
-    with frozen_parameters(model), _progress(console) as progress:
+    counter = PassCounter()
+    with frozen_parameters(model), counter.attached(model), progress_bar(console) as progress:
         if clean is None:
-            clean = evaluation.predict(model, data.x, batch_size, device) == data.y
+            clean = predict(model, data.x, batch_size, device) == data.y
             _save_state(state_path, key, clean, records)
         for attack, rec in zip(attacks, records):
             if rec.done:
@@ -204,7 +188,7 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
                     continue
                 t0 = time.perf_counter()
                 f0, b0 = counter.forwards, counter.backwards
-                broken, linf, violation, flipped = _attack_batch(counter, attack, data, idx, device)
+                broken, linf, violation, flipped = _attack_batch(model, attack, data, idx, device)
                 rec.left_train_mode += int(flipped)
                 if violation:
                     rec.violations.append(f"batch {b}: {violation}")
@@ -228,13 +212,12 @@ def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tens
     x = to_float(data.x[idx].to(device, non_blocking=True))
     y = data.y[idx].to(device, non_blocking=True)
     eps = attack.budget.eps
+    flipped = False
     if attack.bounded and eps == 0:
         adv = x
     else:
-        adv = attack(model, x, y, idx)
-    flipped = model.training or getattr(model, "wrapped", model).training
-    if flipped:  # judge in eval mode whatever the attack did; the count is reported as a warning
-        model.eval()
+        adv = attack(model, x, y, idx)  # eval mode and frozen parameters during the attack, restored after it
+        flipped = attack.left_train_mode  # reported as a warning: the attack had flipped the model into train mode
     if adv.shape != x.shape or not torch.isfinite(adv).all():
         return [], float("nan"), "non-finite inputs or wrong shape", flipped
     linf = float((adv - x).abs().amax()) if len(x) else 0.0
@@ -242,14 +225,8 @@ def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tens
         return [], linf, f"inputs outside [0, 1] (min {float(adv.min()):.4g}, max {float(adv.max()):.4g})", flipped
     if attack.bounded and linf > eps + 1e-6:
         return [], linf, f"left the eps-ball: |delta|_inf = {linf:.6g} > {eps:.6g}", flipped
-    fooled = (predict(model, adv) != y).cpu()
+    fooled = (predict_labels(model, adv) != y).cpu()
     return idx[fooled].tolist(), linf, None, flipped
-
-
-def _progress(console: Console | None) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console or Console(stderr=True),
-                    transient=True)
 
 
 def summarize(outcome: SuiteOutcome, paper_attack: str | None = None) -> dict[str, Any]:

@@ -9,6 +9,12 @@ from robust_uatt.data.datasets import to_float
 
 
 @torch.inference_mode()
+def predict_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Predicted labels (B,) of one float batch in [0, 1], as the model is (its mode untouched), without autograd."""
+    return model(x).argmax(1)
+
+
+@torch.inference_mode()
 def predict(model: nn.Module, x_uint8: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     """Predicted labels (N,) for uint8 images; the model's train/eval mode is restored afterwards."""
     was_training = model.training
@@ -17,7 +23,7 @@ def predict(model: nn.Module, x_uint8: torch.Tensor, batch_size: int, device: to
     try:
         for i in range(0, len(x_uint8), batch_size):
             xb = to_float(x_uint8[i:i + batch_size].to(device, non_blocking=True))
-            out.append(model(xb).argmax(1).cpu())
+            out.append(predict_labels(model, xb).cpu())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

@@ -10,18 +10,14 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from robust_uatt.attacks import ATTACKS
 from robust_uatt.utils.errors import UserError, unknown_name
+from robust_uatt.utils import toml
 from robust_uatt.utils.resources import find_toml, toml_names
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 ENTRY_KEYS = {"name": str, "steps": int, "eot": int, "role": str, "options": dict}
 ROLES = ("paper", "")
@@ -54,8 +50,8 @@ def suite_names() -> list[str]:
 def load_suite(name: str) -> Suite:
     path = find_toml(name, "robust_uatt.suites", "attacks", "suite")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+        raw = toml.loads(path.read_text())
+    except toml.TOMLDecodeError as e:
         raise UserError(f"{path}: invalid TOML ({e})") from None
     for key in raw:
         if key not in ("description", "attacks"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from robust_uatt.models.registry import register_model
 from robust_uatt.models.vgg import Normalize
 
 
@@ -28,6 +29,7 @@ def _normalize(mean: tuple[float, ...] | None, std: tuple[float, ...] | None, in
     return [Normalize(mean, std)]
 
 
+@register_model("mlp")
 def build_mlp(
     *,
     num_classes: int,
@@ -50,6 +52,7 @@ def build_mlp(
     return nn.Sequential(*mods)
 
 
+@register_model("cnn")
 def build_cnn(
     *,
     num_classes: int,

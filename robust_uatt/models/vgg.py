@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from robust_uatt.models.registry import register_model
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -64,3 +66,12 @@ class VGG16(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features_vector(x))
+
+
+@register_model("vgg16")
+def build_vgg16(*, num_classes: int, in_channels: int, image_size: int, mean: tuple[float, ...],
+                std: tuple[float, ...], width: float = 1.0, dropout: float = 0.0) -> VGG16:
+    """The recipe builder: VGG16-BN for 32x32 inputs, ``width`` x torchvision's channels, dropout before the head."""
+    if image_size != 32:
+        raise ValueError(f"vgg16 is built for 32x32 inputs, the dataset has {image_size}x{image_size}")
+    return VGG16(num_classes=num_classes, width=width, in_channels=in_channels, mean=mean, std=std, dropout=dropout)

@@ -1,6 +1,7 @@
 """The model zoo: TOML recipes (zoo/<name>.toml) and one registry mapping architecture names to builders.
 
-In the spirit of timm's ``create_model``: ``create_model(recipe)`` looks the architecture up in ``ARCHITECTURES``
+In the spirit of timm's ``create_model``: ``create_model(recipe)`` looks the architecture up in the registry
+(``models.registry.MODELS``, filled by ``@register_model``)
 and calls its builder with the recipe's ``[model]`` table. Recipe keys are validated against fixed schemas (and the
 builder's signature), so a typo is reported with its file and key instead of being silently ignored.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,54 +19,10 @@ from typing import Any
 from torch import nn
 
 from robust_uatt.data.datasets import DATASETS, dataset_shape
+from robust_uatt.models.registry import MODELS, builder_params
 from robust_uatt.utils.errors import UserError, unknown_name
+from robust_uatt.utils import toml
 from robust_uatt.utils.resources import find_toml, toml_names
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-# ---------------------------------------------------------------------------------------------------------------
-# Architectures: name -> builder(num_classes, in_channels, image_size, mean, std, **recipe[model])
-
-
-def _vgg16(*, num_classes: int, in_channels: int, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
-           width: float = 1.0, dropout: float = 0.0) -> nn.Module:
-    from robust_uatt.models.vgg import VGG16
-
-    if image_size != 32:
-        raise UserError(f"vgg16 is built for 32x32 inputs, the dataset has {image_size}x{image_size}")
-    return VGG16(num_classes=num_classes, width=width, in_channels=in_channels, mean=mean, std=std, dropout=dropout)
-
-
-def _lazy(module: str, attr: str) -> Callable[..., nn.Module]:
-    """A builder imported on first use, so a registry entry costs nothing until it is built."""
-
-    def build(**kwargs: Any) -> nn.Module:
-        return getattr(__import__(module, fromlist=[attr]), attr)(**kwargs)
-
-    build.__wrapped_target__ = (module, attr)  # type: ignore[attr-defined]
-    return build
-
-
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "vgg16": _vgg16,
-    "mlp": _lazy("robust_uatt.models.simple", "build_mlp"),
-    "cnn": _lazy("robust_uatt.models.simple", "build_cnn"),
-    "uatt": _lazy("robust_uatt.models.uatt", "build_uatt"),
-}
-
-_INJECTED = {"num_classes", "in_channels", "image_size", "mean", "std"}
-
-
-def builder_params(arch: str) -> dict[str, inspect.Parameter]:
-    """The keyword options a recipe's [model] table may set for ``arch``."""
-    fn = ARCHITECTURES[arch]
-    target = getattr(fn, "__wrapped_target__", None)
-    if target is not None:
-        fn = getattr(__import__(target[0], fromlist=[target[1]]), target[1])
-    return {k: p for k, p in inspect.signature(fn).parameters.items() if k not in _INJECTED}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,10 +142,10 @@ def _tname(types: type | tuple[type, ...]) -> str:
 
 def _check_model(table: Any, where: str) -> dict[str, Any]:
     if not isinstance(table, dict) or "arch" not in table:
-        raise UserError(f"{where}: [model] needs an 'arch' ({', '.join(sorted(ARCHITECTURES))})")
+        raise UserError(f"{where}: [model] needs an 'arch' ({', '.join(sorted(MODELS))})")
     arch = table["arch"]
-    if not isinstance(arch, str) or arch not in ARCHITECTURES:
-        raise unknown_name(f"architecture in {where}:", str(arch), ARCHITECTURES)
+    if not isinstance(arch, str) or arch not in MODELS:
+        raise unknown_name(f"architecture in {where}:", str(arch), MODELS)
     params = builder_params(arch)
     for key, value in table.items():
         if key == "arch":
@@ -242,8 +198,8 @@ def load_recipe(name: str, preset: str | None = None) -> Recipe:
     """Read, merge the preset into, and validate a recipe by zoo name (or a path to a .toml file)."""
     path = _recipe_path(name)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raw = toml.loads(path.read_text(encoding="utf-8"))
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: invalid TOML ({e})") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read recipe ({e.strerror or e})") from None
@@ -271,7 +227,7 @@ def create_model(recipe: Recipe) -> nn.Module:
               for k, v in kwargs.items()}
     c, h, _ = dataset_shape(recipe.dataset, recipe.data)
     try:
-        return ARCHITECTURES[recipe.model["arch"]](num_classes=info.num_classes, in_channels=c, image_size=h,
+        return MODELS[recipe.model["arch"]](num_classes=info.num_classes, in_channels=c, image_size=h,
                                                   mean=info.mean, std=info.std, **kwargs)
     except (ValueError, RuntimeError, TypeError) as e:  # a [model] value the builder rejects (sizes, counts)
         first = str(e).splitlines()[0] if str(e) else e.__class__.__name__

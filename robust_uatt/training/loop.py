@@ -2,13 +2,13 @@
 
 Tricks, each named: uint8 data held in memory and augmented on tensors (no per-image Python); channels_last VGG
 (set in the model); one-cycle learning rate computed from the step number (no scheduler state to save); bf16
-autocast on CUDA only (bf16 on a CPU without AMX is ~10x slower); a model may define ``training_loss(x, y)``
+autocast on CUDA only (bf16 on a CPU without AMX is ~10x slower); a model may define ``objective(x, y)``
 (the attention model's Eq. 14 + Q loss) and ``after_optimizer_step()`` (its frozen target sync); everything else
 is trained with cross-entropy.
 
 Resumable: ``checkpoint.safetensors`` holds weights, optimizer state and both RNG states at an epoch end (and every
 ``checkpoint_every`` steps), so a resumed run replays the exact same batches. Crash-safe: every file is written
-atomically (io.py), one process at a time holds the run directory (io.RunLock), Ctrl-C or SIGTERM checkpoints
+atomically (utils/files.py), one process at a time holds the run directory (RunLock), Ctrl-C or SIGTERM checkpoints
 after the current step and prints the resume command (a second Ctrl-C stops at once, keeping the last checkpoint),
 and on the CPU deterministic algorithms are on, so a run killed with SIGKILL and resumed ends bit-identical to an
 uninterrupted one. A non-finite loss, or non-finite weights about to be checkpointed, stop the run
@@ -23,43 +23,38 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from robust_uatt.data.datasets import Split, augment_crop_flip, load_split, to_float
-from robust_uatt.utils.errors import UserError
 from robust_uatt.evaluation.predict import accuracy
-from robust_uatt.utils.files import (
-    RunLock,
-    append_jsonl,
-    atomic_write_text,
-    load_state_into,
-    load_tensors,
-    read_json,
-    remove_stale_temps,
-    save_tensors,
-    write_json,
+from robust_uatt.models.zoo import Recipe, create_model
+from robust_uatt.training.card import config_versions, write_model_card
+from robust_uatt.training.checkpoint import (
+    CARD,
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    WEIGHTS,
+    TrainingDiverged,
+    TrainState,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_lines,
 )
+from robust_uatt.utils.errors import UserError
+from robust_uatt.utils.files import RunLock, append_jsonl, atomic_write_text, remove_stale_temps, write_json
 from robust_uatt.utils.runtime import configure, seed_all, versions
 from robust_uatt.utils.runtime import deterministic as deterministic_mode
-from robust_uatt.models.zoo import Recipe, count_params, create_model
-
-CHECKPOINT = "checkpoint.safetensors"
-WEIGHTS = "model.safetensors"
-CARD = "model_card.json"
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss: the run stops, the last good checkpoint stays."""
+from robust_uatt.viz.progress import progress_bar
 
 
 class Interrupted(KeyboardInterrupt):
@@ -68,6 +63,36 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class StopSignals:
+    """While active, the first Ctrl-C / SIGTERM only sets ``requested`` (the loop checkpoints after the current step
+    and raises ``Interrupted``); a second one raises ``Interrupted`` at once. Previous handlers come back on exit."""
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {s: signal.getsignal(s) for s in self.HANDLED}
+        for sig in self.HANDLED:
+            signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            raise Interrupted(signum)  # the second one: stop at once; the last checkpoint stays whole (atomic)
+        self.requested = signum
+
+    def check(self) -> None:
+        if self.requested is not None:
+            raise Interrupted(self.requested)
 
 
 def lr_at(step: int, total: int, cfg: dict[str, Any]) -> float:
@@ -107,67 +132,33 @@ def split_data(recipe: Recipe, data_dir: str | None, download: bool) -> tuple[Sp
     return train, val, test
 
 
-# ---- checkpoint state ------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One training run's fixed inputs: recipe, where it writes, seed, device, the three splits, the console."""
 
-def _pack(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> tuple[dict, dict]:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, state in opt.state_dict()["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{key}"] = value
-            else:
-                scalars.setdefault(str(idx), {})[key] = value
-    tensors["rng.cpu"] = torch.get_rng_state()
-    tensors["rng.data"] = gen.get_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    return tensors, {"optim_scalars": scalars, "param_groups": opt.state_dict()["param_groups"]}
+    recipe: Recipe
+    run_dir: Path
+    seed: int
+    device: torch.device
+    splits: tuple[Split, Split, Split]
+    console: Console
 
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return self.recipe.train
 
-def _unpack(tensors: dict, meta: dict, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-            where: str) -> None:
-    """Restore a checkpoint; one that does not fit this run (or was tampered with) is a UserError."""
-    load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, where)
-    try:
-        _unpack_state(tensors, meta, opt, gen)
-        for key in ("epoch", "step_in_epoch", "metrics_lines"):
-            if not isinstance(meta.get(key), int) or meta[key] < 0:
-                raise ValueError(f"bad or missing '{key}'")
-        if not isinstance(meta.get("partial", {}), dict):
-            raise ValueError("bad 'partial'")
-    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
-        raise UserError(f"{where}: not a resumable checkpoint of this run ({e.__class__.__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.splits[0]) / self.cfg["batch_size"])
 
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg["epochs"]
 
-def _unpack_state(tensors: dict, meta: dict, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, key = k.split(".", 2)
-            state.setdefault(int(idx), {})[key] = v
-    for idx, values in meta.get("optim_scalars", {}).items():
-        state.setdefault(int(idx), {}).update(values)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng.cpu"])
-    gen.set_state(tensors["rng.data"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    def checkpoint(self, state: TrainState) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT, state, seed=self.seed, recipe=self.recipe.to_dict(),
+                        steps_per_epoch=self.steps_per_epoch)
 
-
-def _truncate_lines(path: Path, keep: int) -> None:
-    """Keep the first ``keep`` lines (those the checkpoint accounts for), atomically."""
-    if path.exists():
-        lines = path.read_text().splitlines(keepends=True)[:keep]
-        atomic_write_text(path, "".join(lines))
-
-
-def _all_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
-
-
-# ---- the loop --------------------------------------------------------------------------------------------------
 
 def train(recipe: Recipe, run_dir: Path, *, seed: int, device: torch.device, data_dir: str | None = None,
           resume: bool = False, download: bool = True, console: Console | None = None,
@@ -180,14 +171,14 @@ def train(recipe: Recipe, run_dir: Path, *, seed: int, device: torch.device, dat
     """
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
-    data = split_data(recipe, data_dir, download)
+    splits = split_data(recipe, data_dir, download)
     create_model(recipe)  # a recipe whose model cannot be built fails here, before anything is written
     created = not resume and not run_dir.exists()
     lock = RunLock(run_dir).acquire()
     try:
         remove_stale_temps(run_dir)  # left by a writer killed mid-write; we hold the lock, so none is live
         with deterministic_mode(device, deterministic):
-            return _train_locked(recipe, run_dir, seed, device, data_dir, data, resume, console)
+            return _train_locked(Run(recipe, run_dir, seed, device, splits, console), data_dir, resume)
     except (UserError, OSError):
         if created and not (run_dir / CHECKPOINT).exists():
             for f in (run_dir / CONFIG, run_dir / METRICS):
@@ -200,212 +191,147 @@ def train(recipe: Recipe, run_dir: Path, *, seed: int, device: torch.device, dat
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train_locked(recipe: Recipe, run_dir: Path, seed: int, device: torch.device, data_dir: str | None,
-                  data: tuple[Split, Split, Split], resume: bool, console: Console) -> dict[str, Any]:
-    configure(device)
-    t = recipe.train
-    train_set, val_set, test_set = data
-    if device.type == "cuda":  # the uint8 training set (150 MB for CIFAR-10) lives on the GPU: no per-step copies
-        train_set = Split(train_set.x.to(device), train_set.y.to(device), train_set.source, train_set.lossless)
-    seed_all(seed)
-    model = create_model(recipe).to(device)
-    opt = make_optimizer(model, t)
-    gen = torch.Generator()
-    steps_per_epoch = math.ceil(len(train_set) / t["batch_size"])
-    total_steps = steps_per_epoch * t["epochs"]
-    start_epoch, start_step, metrics_lines = 0, 0, 0
-    saved_data_rng: torch.Tensor | None = None
-    partial: dict[str, Any] = {}  # running sums of an epoch interrupted mid-way
-    ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
-
+def _train_locked(run: Run, data_dir: str | None, resume: bool) -> dict[str, Any]:
+    configure(run.device)
+    train_set, val_set, test_set = run.splits
+    if run.device.type == "cuda":  # the uint8 training set (150 MB for CIFAR-10) lives on the GPU: no per-step copies
+        train_set = Split(train_set.x.to(run.device), train_set.y.to(run.device), train_set.source,
+                          train_set.lossless)
+        run.splits = (train_set, val_set, test_set)
+    seed_all(run.seed)
+    model = create_model(run.recipe).to(run.device)
+    state = TrainState(model, make_optimizer(model, run.cfg), torch.Generator())
     if resume:
-        tensors, meta = load_tensors(ckpt_path)
-        _unpack(tensors, meta, model, opt, gen, str(ckpt_path))
-        saved_data_rng = gen.get_state()
-        partial = meta.get("partial", {})
-        start_epoch, start_step, metrics_lines = meta["epoch"], meta["step_in_epoch"], meta["metrics_lines"]
-        _truncate_lines(metrics_path, metrics_lines)
-        console.print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {start_step}")
+        load_checkpoint(run.run_dir / CHECKPOINT, state)
+        truncate_lines(run.run_dir / METRICS, state.metrics_lines)
+        run.console.print(f"resuming {run.run_dir} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
     else:
-        write_json(run_dir / CONFIG, {"recipe": recipe.to_dict(), "seed": seed, "device": str(device),
-                                      "data_dir": data_dir, "argv": sys.argv, "versions": versions()})
-        atomic_write_text(metrics_path, "")
-
-    def save_checkpoint(epoch: int, step_in_epoch: int, running: dict[str, Any] | None = None) -> None:
-        if not _all_finite(model):  # never replace the last good checkpoint with a diverged one
-            raise TrainingDiverged(
-                f"non-finite weights after step {epoch * steps_per_epoch + step_in_epoch - 1} (epoch "
-                f"{epoch + (1 if step_in_epoch else 0)}); the last good checkpoint is "
-                f"{ckpt_path if ckpt_path.exists() else 'none (nothing was checkpointed yet)'}")
-        tensors, meta = _pack(model, opt, gen)
-        meta.update(epoch=epoch, step_in_epoch=step_in_epoch, metrics_lines=metrics_lines, seed=seed,
-                    recipe=recipe.to_dict(), partial=running or {})
-        save_tensors(ckpt_path, tensors, meta)
-
-    stop: dict[str, int | None] = {"now": None}  # the signal number once Ctrl-C / SIGTERM arrived
-    handled = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.getsignal(s) for s in handled}
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if stop["now"] is not None:
-            raise Interrupted(signum)  # the second one: stop at once; the last checkpoint stays whole (atomic)
-        stop["now"] = signum  # the first one: finish the current step, checkpoint, then leave
-
-    for sig in handled:
-        signal.signal(sig, on_signal)
-    use_amp = device.type == "cuda"
-    custom_loss = getattr(model, "training_loss", None)
-    after_step = getattr(model, "after_optimizer_step", None)
+        write_json(run.run_dir / CONFIG, {"recipe": run.recipe.to_dict(), "seed": run.seed, "device": str(run.device),
+                                          "data_dir": data_dir, "argv": sys.argv, "versions": versions()})
+        atomic_write_text(run.run_dir / METRICS, "")
     started = time.perf_counter()
+    with StopSignals() as stop, _resume_hint_on_interrupt(run):
+        while state.epoch < run.cfg["epochs"]:
+            record = train_one_epoch(run, state, stop)
+            append_jsonl(run.run_dir / METRICS, record)
+            state.epoch, state.step_in_epoch, state.partial, state.data_rng = state.epoch + 1, 0, {}, None
+            state.metrics_lines += 1
+            run.checkpoint(state)
+            stop.check()  # the signal came during validation: this checkpoint is the one
+            run.console.print(f"epoch {state.epoch}/{run.cfg['epochs']}: loss {record['train_loss']:.4f}  "
+                              f"train acc {record['train_acc']:.4f}  val acc {record['val_acc']:.4f}  "
+                              f"{record['images_per_s']:.0f} images/s")
+    return write_model_card(run.recipe, run.run_dir, model, seed=run.seed, device=run.device, splits=run.splits,
+                            started=started, console=run.console)
+
+
+@contextmanager
+def _resume_hint_on_interrupt(run: Run) -> Iterator[None]:
+    """On Ctrl-C / SIGTERM: say where the checkpoint is and how to resume; always leave as ``Interrupted``."""
     try:
-        for epoch in range(start_epoch, t["epochs"]):
-            model.train()
-            # Each epoch's order and augmentation come from (seed, epoch): a resumed run replays them exactly.
-            gen.manual_seed(seed * 1_000_003 + epoch)
-            perm = torch.randperm(len(train_set), generator=gen)
-            first = start_step if epoch == start_epoch else 0
-            if first == 0:
-                torch.manual_seed(seed * 1_000_003 + epoch)
-            elif saved_data_rng is not None:
-                gen.set_state(saved_data_rng)  # the augmentation stream continues where the checkpoint left it
-            resumed = partial if first else {}
-            sums: dict[str, float] = dict(resumed.get("sums", {}))
-            seen, correct, t0 = int(resumed.get("seen", 0)), float(resumed.get("correct", 0.0)), time.perf_counter()
-            seen_before = seen
-            with _progress(console) as progress:
-                task = progress.add_task(f"epoch {epoch + 1}/{t['epochs']}", total=steps_per_epoch, completed=first,
-                                         loss=float("nan"), acc=float("nan"), ips=0.0)
-                for step_in_epoch in range(first, steps_per_epoch):
-                    idx = perm[step_in_epoch * t["batch_size"]:(step_in_epoch + 1) * t["batch_size"]]
-                    xb = train_set.x[idx]
-                    if recipe.data["augment"] == "crop-flip":
-                        xb = augment_crop_flip(xb, gen)
-                    xb = to_float(xb.to(device, non_blocking=True))
-                    yb = train_set.y[idx].to(device, non_blocking=True)
-                    global_step = epoch * steps_per_epoch + step_in_epoch
-                    for group in opt.param_groups:
-                        group["lr"] = lr_at(global_step, total_steps, t)
-                    with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
-                        if custom_loss is not None:
-                            loss, terms = custom_loss(xb, yb)
-                            batch_correct = terms.get("reward_mean", float("nan")) * len(yb)
-                        else:
-                            logits = model(xb)
-                            loss = F.cross_entropy(logits.float(), yb, label_smoothing=t["label_smoothing"])
-                            terms = {}
-                            batch_correct = float((logits.argmax(1) == yb).sum())
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"non-finite loss ({float(loss.detach())}) at step {global_step} (epoch {epoch + 1}); "
-                            f"the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none (first epoch)'}")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if t["grad_clip"]:
-                        nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
-                    opt.step()
-                    if after_step is not None:
-                        after_step()
-                    n = len(yb)
-                    seen += n
-                    correct += batch_correct
-                    sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + float(v) * n
-                    ips = (seen - seen_before) / max(1e-9, time.perf_counter() - t0)
-                    progress.update(task, advance=1, loss=sums["loss"] / seen, acc=correct / seen, ips=ips)
-                    if not console.is_terminal and (step_in_epoch + 1) % max(1, steps_per_epoch // 10) == 0:
-                        console.print(f"epoch {epoch + 1} step {step_in_epoch + 1}/{steps_per_epoch}: loss "
-                                      f"{sums['loss'] / seen:.4f} acc {correct / seen:.3f} {ips:.0f} img/s")
-                    done = step_in_epoch + 1
-                    if stop["now"] is not None or (t["checkpoint_every"] and done % t["checkpoint_every"] == 0
-                                                   and done < steps_per_epoch):
-                        save_checkpoint(epoch, done, {"seen": seen, "correct": correct, "sums": sums})
-                        if stop["now"] is not None:
-                            raise Interrupted(stop["now"])
-            train_seconds = time.perf_counter() - t0
-            val_acc = accuracy(model, val_set.x, val_set.y, t["eval_batch_size"], device)
-            record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                      "lr": lr_at((epoch + 1) * steps_per_epoch - 1, total_steps, t),
-                      **{("train_loss" if k == "loss" else k): v / max(1, seen) for k, v in sums.items()},
-                      "train_acc": correct / max(1, seen), "val_acc": val_acc,
-                      "images_per_s": (seen - seen_before) / train_seconds,
-                      "epoch_seconds": train_seconds}
-            append_jsonl(metrics_path, record)
-            metrics_lines += 1
-            save_checkpoint(epoch + 1, 0)
-            if stop["now"] is not None:  # the signal came during validation: this checkpoint is the one
-                raise Interrupted(stop["now"])
-            console.print(f"epoch {epoch + 1}/{t['epochs']}: loss {record['train_loss']:.4f}  "
-                          f"train acc {record['train_acc']:.4f}  val acc {val_acc:.4f}  "
-                          f"{record['images_per_s']:.0f} images/s")
+        yield
     except KeyboardInterrupt as e:
-        resume_cmd = f"robust-uatt train {shlex.quote(recipe.name)} --resume {shlex.quote(str(run_dir))}"
-        if ckpt_path.exists():
-            console.print(f"interrupted: checkpoint saved in {ckpt_path}\nresume with: {resume_cmd}",
-                          markup=False, highlight=False, soft_wrap=True)
+        ckpt = run.run_dir / CHECKPOINT
+        resume_cmd = f"robust-uatt train {shlex.quote(run.recipe.name)} --resume {shlex.quote(str(run.run_dir))}"
+        if ckpt.exists():
+            run.console.print(f"interrupted: checkpoint saved in {ckpt}\nresume with: {resume_cmd}",
+                              markup=False, highlight=False, soft_wrap=True)
         else:
-            console.print("interrupted before the first checkpoint: nothing to resume", markup=False)
+            run.console.print("interrupted before the first checkpoint: nothing to resume", markup=False)
         if not isinstance(e, Interrupted):
             raise Interrupted(signal.SIGINT) from None
         raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-    return _finish(recipe, run_dir, model, seed, device, train_set, val_set, test_set, started, console)
 
 
-def _finish(recipe: Recipe, run_dir: Path, model: nn.Module, seed: int, device: torch.device, train_set: Split,
-            val_set: Split, test_set: Split, started: float, console: Console) -> dict[str, Any]:
-    t = recipe.train
-    records = _read_metrics(run_dir / METRICS)
-    test_acc = accuracy(model, test_set.x, test_set.y, t["eval_batch_size"], device)
-    card: dict[str, Any] = {
-        "name": recipe.name, "description": recipe.description, "preset": recipe.preset,
-        "recipe": recipe.to_dict(), "params": count_params(model), "seed": seed, "device": str(device),
-        "data": {"dataset": recipe.dataset, "train_source": train_set.source, "train_n": len(train_set),
-                 "train_lossless_fraction": train_set.lossless_fraction(), "test_source": test_set.source,
-                 "test_n": len(test_set), "test_lossless_fraction": test_set.lossless_fraction(),
-                 "validation": "holdout" if recipe.data["holdout"] else "test split", "val_n": len(val_set)},
-        "accuracy": {"test": test_acc, "val_last_epoch": records[-1]["val_acc"] if records else None},
-        "train_images_per_s": (sum(r["images_per_s"] for r in records) / len(records)) if records else None,
-        "epochs": t["epochs"], "versions": config_versions(run_dir),
-    }
-    if test_set.lossless is not None and bool(test_set.lossless.any()) and not bool(test_set.lossless.all()):
-        exact = test_set.subset(test_set.lossless)
-        card["accuracy"]["test_lossless"] = accuracy(model, exact.x, exact.y, t["eval_batch_size"], device)
-        card["accuracy"]["test_lossless_n"] = len(exact)
-    config = read_json(run_dir / CONFIG)
-    card["wall_seconds_this_session"] = time.perf_counter() - started
-    card["command"] = " ".join(shlex.quote(a) for a in config.get("argv", []))
-    state = {k: v for k, v in model.state_dict().items()}
-    # The card first, the weights last: model.safetensors is what marks a run finished (a kill in between leaves a
-    # resumable run, never a "finished" one without its card).
-    write_json(run_dir / CARD, card)
-    save_tensors(run_dir / WEIGHTS, state, {"recipe": recipe.to_dict(), "seed": seed, "kind": "robust-uatt model"})
-    console.print(f"done: test accuracy {test_acc:.4f} on {len(test_set)} images; weights in {run_dir / WEIGHTS}")
-    return card
+def train_one_epoch(run: Run, state: TrainState, stop: StopSignals) -> dict[str, Any]:
+    """Run epoch ``state.epoch`` from step ``state.step_in_epoch``, then validate; returns its metrics record.
+
+    Each epoch's order and augmentation come from (seed, epoch), so a resumed run replays them exactly; a run
+    resumed mid-epoch continues the data generator and the running sums where the checkpoint left them."""
+    t, epoch, first = run.cfg, state.epoch, state.step_in_epoch
+    train_set, steps = run.splits[0], run.steps_per_epoch
+    state.model.train()
+    state.gen.manual_seed(run.seed * 1_000_003 + epoch)
+    perm = torch.randperm(len(train_set), generator=state.gen)
+    if first == 0:
+        torch.manual_seed(run.seed * 1_000_003 + epoch)
+    elif state.data_rng is not None:
+        state.gen.set_state(state.data_rng)  # the augmentation stream continues where the checkpoint left it
+    resumed = state.partial if first else {}
+    sums: dict[str, float] = dict(resumed.get("sums", {}))
+    seen, correct, t0 = int(resumed.get("seen", 0)), float(resumed.get("correct", 0.0)), time.perf_counter()
+    seen_before = seen
+    with progress_bar(run.console, "loss {task.fields[loss]:.4f}", "acc {task.fields[acc]:.3f}",
+                      "{task.fields[ips]:.0f} img/s") as progress:
+        task = progress.add_task(f"epoch {epoch + 1}/{t['epochs']}", total=steps, completed=first,
+                                 loss=float("nan"), acc=float("nan"), ips=0.0)
+        for step_in_epoch in range(first, steps):
+            idx = perm[step_in_epoch * t["batch_size"]:(step_in_epoch + 1) * t["batch_size"]]
+            loss, terms, batch_correct = train_step(run, state, train_set, idx, epoch * steps + step_in_epoch)
+            n = len(idx)
+            seen += n
+            correct += batch_correct
+            sums["loss"] = sums.get("loss", 0.0) + loss * n
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+            ips = (seen - seen_before) / max(1e-9, time.perf_counter() - t0)
+            progress.update(task, advance=1, loss=sums["loss"] / seen, acc=correct / seen, ips=ips)
+            if not run.console.is_terminal and (step_in_epoch + 1) % max(1, steps // 10) == 0:
+                run.console.print(f"epoch {epoch + 1} step {step_in_epoch + 1}/{steps}: loss "
+                                  f"{sums['loss'] / seen:.4f} acc {correct / seen:.3f} {ips:.0f} img/s")
+            done = step_in_epoch + 1
+            if stop.requested is not None or (t["checkpoint_every"] and done % t["checkpoint_every"] == 0
+                                              and done < steps):
+                state.step_in_epoch, state.partial = done, {"seen": seen, "correct": correct, "sums": sums}
+                run.checkpoint(state)
+                stop.check()
+    train_seconds = time.perf_counter() - t0
+    val_set = run.splits[1]
+    val_acc = accuracy(state.model, val_set.x, val_set.y, t["eval_batch_size"], run.device)
+    return {"epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": lr_at((epoch + 1) * steps - 1, run.total_steps, t),
+            **{("train_loss" if k == "loss" else k): v / max(1, seen) for k, v in sums.items()},
+            "train_acc": correct / max(1, seen), "val_acc": val_acc,
+            "images_per_s": (seen - seen_before) / train_seconds, "epoch_seconds": train_seconds}
 
 
-def config_versions(run_dir: Path) -> dict[str, Any]:
-    """The versions (git commit included) stamped when the run started: the code that trained the weights, even if
-    HEAD moved before the run finished."""
-    try:
-        return dict(read_json(run_dir / CONFIG)["versions"])
-    except Exception:  # a run dir without a readable config (should not happen): stamp what runs now
-        return versions()
+def train_step(run: Run, state: TrainState, train_set: Split, idx: torch.Tensor,
+               global_step: int) -> tuple[float, dict[str, float], float]:
+    """One optimizer step on the examples ``idx``: (loss, loss terms, correct predictions in the batch).
+
+    The loss is the model's own ``objective`` where it has one (the attention model), else cross-entropy."""
+    t, model, device = run.cfg, state.model, run.device
+    xb = train_set.x[idx]
+    if run.recipe.data["augment"] == "crop-flip":
+        xb = augment_crop_flip(xb, state.gen)
+    xb = to_float(xb.to(device, non_blocking=True))
+    yb = train_set.y[idx].to(device, non_blocking=True)
+    for group in state.opt.param_groups:
+        group["lr"] = lr_at(global_step, run.total_steps, t)
+    with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext():
+        if hasattr(model, "objective"):
+            loss, tensor_terms, _ = model.objective(xb, yb)
+            terms = {k: float(v) for k, v in tensor_terms.items()}
+            batch_correct = terms.get("reward_mean", float("nan")) * len(yb)
+        else:
+            logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=t["label_smoothing"])
+            terms = {}
+            batch_correct = float((logits.argmax(1) == yb).sum())
+    if not torch.isfinite(loss):
+        ckpt = run.run_dir / CHECKPOINT
+        raise TrainingDiverged(
+            f"non-finite loss ({float(loss.detach())}) at step {global_step} (epoch {state.epoch + 1}); "
+            f"the last good checkpoint is {ckpt if ckpt.exists() else 'none (first epoch)'}")
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if t["grad_clip"]:
+        nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+    state.opt.step()
+    if hasattr(model, "after_optimizer_step"):
+        model.after_optimizer_step()
+    return float(loss.detach()), terms, batch_correct
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    import json
-
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("acc {task.fields[acc]:.3f}"),
-        TextColumn("{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=True,
-    )
+__all__ = ["train", "train_one_epoch", "train_step", "TrainState", "StopSignals", "Interrupted", "TrainingDiverged",
+           "lr_at", "make_optimizer", "split_data", "config_versions", "CARD", "CHECKPOINT", "CONFIG", "METRICS",
+           "WEIGHTS"]

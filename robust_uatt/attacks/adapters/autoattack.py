@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robust_uatt.attacks.base import Attack
+from robust_uatt.attacks.base import Attack, register_attack
 from robust_uatt.utils.errors import UserError
 
 
+@register_attack
 class AutoAttackStandard(Attack):
     name = "autoattack"
     description = "AutoAttack 'standard' (APGD-CE, APGD-T, FAB-T, Square)"

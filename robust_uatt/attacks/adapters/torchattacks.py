@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robust_uatt.attacks.base import Attack
+from robust_uatt.attacks.base import Attack, register_attack
 
 
 class TorchattacksAttack(Attack):
@@ -20,6 +20,7 @@ class TorchattacksAttack(Attack):
         return attack(x, y)
 
 
+@register_attack
 class TAPGD(TorchattacksAttack):
     name = "pgd"
     description = "PGD with random start, CE loss (torchattacks.PGD)"
@@ -32,6 +33,7 @@ class TAPGD(TorchattacksAttack):
         return torchattacks.PGD(model, eps=b.eps, alpha=b.alpha, steps=b.steps, random_start=True)
 
 
+@register_attack
 class TAFGSM(TorchattacksAttack):
     name = "fgsm"
     description = "one signed-gradient step (torchattacks.FGSM)"
@@ -43,6 +45,7 @@ class TAFGSM(TorchattacksAttack):
         return torchattacks.FGSM(model, eps=self.budget.eps)
 
 
+@register_attack
 class TAAPGDCE(TorchattacksAttack):
     name = "apgd-ce"
     description = "Auto-PGD, CE loss (torchattacks.APGD)"
@@ -57,12 +60,14 @@ class TAAPGDCE(TorchattacksAttack):
                                  seed=b.seed, eot_iter=b.eot)
 
 
+@register_attack
 class TAAPGDDLR(TAAPGDCE):
     name = "apgd-dlr"
     description = "Auto-PGD, DLR loss (torchattacks.APGD): scale-invariant, robust to softmax-saturated logits"
     loss = "dlr"
 
 
+@register_attack
 class TACW(TorchattacksAttack):
     name = "cw"
     norm = "L2"
@@ -76,6 +81,7 @@ class TACW(TorchattacksAttack):
         return torchattacks.CW(model, c=1.0, kappa=0.0, steps=self.budget.steps, lr=0.01)
 
 
+@register_attack
 class TASquare(TorchattacksAttack):
     name = "square"
     white_box = False
