@@ -21,9 +21,10 @@ from bench.common import report
 from robust_uatt.attacks.base import per_example_uniform
 from robust_uatt.attacks.pgd import pgd
 from robust_uatt.data.datasets import load_split, to_float
-from robust_uatt.evaluation.harness import frozen_parameters, parse_eps
-from robust_uatt.utils.runtime import resolve_device
+from robust_uatt.evaluation.harness import frozen_parameters
 from robust_uatt.models.zoo import load_trained
+from robust_uatt.utils.eps import parse_eps
+from robust_uatt.utils.runtime import resolve_device
 
 
 def main() -> None:

@@ -1,4 +1,11 @@
-"""Command line: parse arguments, call the modules, map user mistakes to one line on stderr and exit code 2."""
+"""robust-uatt: train the unified attention model and its baselines, attack them with the paper's protocol beside
+the honest worst case (sanity checks decide valid or INVALID), draw security curves, and compare the results with
+RobustBench at the same threat model.
+
+Start with `robust-uatt zoo` (the models), `robust-uatt attacks` and `robust-uatt suites` (what --attack and --suite
+accept), then `robust-uatt train cifar10-vgg --preset smoke` and
+`robust-uatt attack --model cifar10-vgg --suite quick`.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,14 @@ import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from robust_uatt._version import __version__
+from robust_uatt.utils import toml
 from robust_uatt.utils.errors import UserError, environment_error
-from robust_uatt.utils.files import check_writable
 
 EXIT_USER_ERROR = 2
+EXIT_INVALID = 4  # a gating sanity check failed: the robust accuracy must not be reported
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,11 +35,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _timestamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-
-
-def _positive_int(name: str, value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise UserError(f"--{name} must be a positive integer, got {value}")
 
 
 def _seed(text: str) -> int:
@@ -54,10 +58,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="robust-uatt", description=__doc__)
+    parser = _Parser(prog="robust-uatt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Bad input is one line on stderr with exit code 2; INVALID attack results exit 4.")
+    parser.add_argument("--version", action="version", version=f"robust-uatt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("zoo", help="list the model zoo")
+    sub.add_parser("attacks", help="list the attacks (what --attack accepts)")
+    sub.add_parser("suites", help="list the attack suites (what --suite accepts)")
 
     p = sub.add_parser("train", help="train a zoo model")
     p.add_argument("model", nargs="?", help="zoo name (see `robust-uatt zoo`) or a recipe .toml file")
@@ -77,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robustbench", default=None, metavar="NAME", help="a RobustBench model from --model-dir")
     p.add_argument("--model-dir", default="models", help="RobustBench model directory (offline)")
     p.add_argument("--dataset", default="cifar10", help="dataset for --model-factory / --robustbench")
-    p.add_argument("--attack", default="pgd", help="one attack (see robust_uatt.attacks.ATTACKS), e.g. pgd, pgd-eq14")
-    p.add_argument("--suite", default=None, help="a suite from attacks/<name>.toml: paper, quick, standard, adaptive")
+    p.add_argument("--attack", default="pgd", help="one attack (see `robust-uatt attacks`), e.g. pgd, pgd-eq14")
+    p.add_argument("--suite", default=None, help="an attack suite (see `robust-uatt suites`): paper, quick, standard, adaptive")
     p.add_argument("--eps", default="8/255", help="Linf radius in [0,1] pixel units: 0.3, 8/255, ...")
     p.add_argument("--steps", type=int, default=None, help="iterations (queries/draws) of a single --attack")
     p.add_argument("--alpha", default=None, help="step size (default 2.5*eps/steps)")
@@ -132,9 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"zoo": cmd_zoo, "train": cmd_train, "attack": cmd_attack, "glimpses": cmd_glimpses,
-                    "selftest": cmd_selftest, "curve": cmd_curve, "compare": cmd_compare}
-        return commands[args.command](args)
+        return COMMANDS[args.command](args)
     except UserError as e:
         sys.stderr.write(f"robust-uatt: error: {_one_line(str(e))}\n")
         return EXIT_USER_ERROR
@@ -153,156 +159,120 @@ def _one_line(text: str) -> str:
     return " ".join(text.splitlines()) if len(text.splitlines()) > 1 else text
 
 
+def _command() -> str:
+    return "robust-uatt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """--option key=value (value as TOML reads it: 0.1, 3, true, "text"; bare text stays text)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option expects key=value, got '{pair}'")
+        out[key] = toml.scalar(value)
+    return out
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from robust_uatt import api
     from robust_uatt.viz.tables import zoo_table
-    from robust_uatt.models.zoo import count_params, create_model, load_recipe, recipe_names
 
-    rows = []
-    for name in recipe_names():
-        recipe = load_recipe(name)
-        rows.append({"name": name, "dataset": recipe.dataset, "params": count_params(create_model(recipe)),
-                     "presets": recipe.presets, "description": recipe.description})
-    Console().print(zoo_table(rows))
+    Console().print(zoo_table(api.zoo()))
     return 0
+
+
+def cmd_attacks(args: argparse.Namespace) -> int:
+    from robust_uatt import api
+
+    _print_names("attacks (--attack NAME; several in a suite)", api.list_attacks())
+    return 0
+
+
+def cmd_suites(args: argparse.Namespace) -> int:
+    from robust_uatt import api
+
+    _print_names("suites (--suite NAME, from attacks/NAME.toml)", api.list_suites())
+    return 0
+
+
+def _print_names(title: str, names: dict[str, str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it does", overflow="fold")
+    for name, description in names.items():
+        table.add_row(name, description)
+    Console().print(table)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from robust_uatt.utils.files import RunLock, read_json
-    from robust_uatt.utils.runtime import resolve_device
-    from robust_uatt.training.loop import CHECKPOINT, CONFIG, WEIGHTS, TrainingDiverged, train
-    from robust_uatt.models.zoo import Recipe, load_recipe
+    from robust_uatt import api
+    from robust_uatt.training.loop import TrainingDiverged
 
-    _positive_int("epochs", args.epochs)
-    device = resolve_device(args.device)
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not run_dir.is_dir():
-            raise UserError(f"{run_dir}: no such run directory")
-        RunLock(run_dir).check_free()  # "in use by process N" beats any other complaint about a live run
-        if not (run_dir / CHECKPOINT).is_file():
-            raise UserError(f"{run_dir}: nothing to resume (no {CHECKPOINT})")
-        if (run_dir / WEIGHTS).is_file():
-            raise UserError(f"{run_dir}: this run has already finished")
-        config = read_json(run_dir / CONFIG)
-        if not (isinstance(config, dict) and isinstance(config.get("recipe"), dict)
-                and isinstance(config.get("seed"), int) and not isinstance(config.get("seed"), bool)):
-            raise UserError(f"{run_dir / CONFIG}: not a robust-uatt run configuration (needs 'recipe' and 'seed')")
-        recipe = Recipe.from_dict(config["recipe"], where=str(run_dir / CONFIG))
-        if args.model and args.model != recipe.name:
-            raise UserError(f"{run_dir} is a run of {recipe.name}, not {args.model}")
-        saved_dir = config.get("data_dir")
-        seed, data_dir = config["seed"], args.data_dir or (saved_dir if isinstance(saved_dir, str) else None)
-    else:
-        if not args.model:
-            raise UserError("name a zoo model to train (see `robust-uatt zoo`), or --resume RUN_DIR")
-        recipe = load_recipe(args.model, args.preset)
-        if args.epochs:
-            recipe.train["epochs"] = args.epochs
-        seed, data_dir = args.seed, args.data_dir
-        run_dir = Path(args.out) if args.out else Path(args.runs_dir) / recipe.name / _timestamp()
-        if run_dir.is_dir():
-            RunLock(run_dir).check_free()
-        if (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists():
-            raise UserError(f"{run_dir} already holds a run: use --resume {run_dir}, or another --out")
-        check_writable(run_dir)
     try:
-        train(recipe, run_dir, seed=seed, device=device, data_dir=data_dir, resume=bool(args.resume),
-              download=not args.no_download, console=Console(stderr=True),
-              deterministic=True if args.deterministic else None)
+        run_dir = api.train(args.model, args.preset, args.out, resume=args.resume, epochs=args.epochs, seed=args.seed,
+                            device=args.device, data_dir=args.data_dir, download=not args.no_download,
+                            runs_dir=args.runs_dir, deterministic=True if args.deterministic else None,
+                            console=Console(stderr=True))
     except TrainingDiverged as e:
         sys.stderr.write(f"robust-uatt: training diverged: {e}\n")
         return 3
-    except OSError as e:
-        message = environment_error(e)
-        if message is None:
-            raise
-        if (run_dir / CHECKPOINT).is_file():
-            message += f"; the last checkpoint is intact: robust-uatt train --resume {shlex.quote(str(run_dir))}"
-        raise UserError(message) from e
     print(run_dir)
     return 0
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from robust_uatt.evaluation.runner import run
+    from rich.console import Console
 
-    return run(args)
+    from robust_uatt import api
+    from robust_uatt.viz.tables import attack_table
+
+    model = api.load_model(args.model, factory=args.model_factory, checkpoint=args.checkpoint,
+                           robustbench=args.robustbench, dataset=args.dataset, runs_dir=args.runs_dir,
+                           model_dir=args.model_dir)
+    result = api.evaluate(model, eps=args.eps, suite=args.suite, attacks=[args.attack], steps=args.steps,
+                          alpha=args.alpha, eot=args.eot, options=parse_options(args.option or []),
+                          source=args.source, policy=args.policy, checks=args.checks, cascade=not args.no_cascade,
+                          n=args.n, batch_size=args.batch_size, device=args.device, seed=args.seed, save=True,
+                          out=args.out, runs_dir=args.runs_dir, data_dir=args.data_dir,
+                          download=not args.no_download, console=Console(stderr=True), command=_command())
+    Console().print(attack_table(result.to_json()))
+    print(result.path)
+    return 0 if result.valid else EXIT_INVALID
 
 
 def cmd_curve(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
-    from robust_uatt.attacks import ATTACKS
-    from robust_uatt.evaluation.curve import plot_curve, security_curve
-    from robust_uatt.data.datasets import load_split
-    from robust_uatt.utils.errors import unknown_name
-    from robust_uatt.evaluation.harness import parse_eps
-    from robust_uatt.utils.files import write_json
-    from robust_uatt.utils.runtime import configure, resolve_device, seed_all, versions
-    from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite
-    from robust_uatt.models.zoo import load_trained
+    from robust_uatt import api
+    from robust_uatt.viz.tables import curve_table
 
-    eps_list = [parse_eps(e) for e in args.eps.split(",")]
-    _positive_int("n", args.n)
-    _positive_int("batch-size", args.batch_size)
-    _positive_int("steps", args.steps)
-    if args.suite:
-        suite = load_suite(args.suite)
-    elif args.attack not in ATTACKS:
-        raise unknown_name("attack", args.attack, ATTACKS)
-    else:
-        suite = Suite(args.attack, ATTACKS[args.attack].description, [SuiteEntry(args.attack, args.steps)])
-    device = resolve_device(args.device)
-    model, recipe, weights = load_trained(args.model, args.runs_dir)
-    test = load_split(recipe.dataset, "test", args.data_dir, not args.no_download, recipe.data)
-    data = test.subset(slice(0, min(args.n, len(test))))
-    out = Path(args.out) if args.out else Path(args.runs_dir) / "curves" / recipe.name / _timestamp()
-    if (out / "curve.json").exists():
-        raise UserError(f"{out}/curve.json exists; choose another --out")
-    check_writable(out)
-    configure(device)
-    seed_all(args.seed)
-    curve = security_curve(model.to(device).eval(), suite, data, eps_list, batch_size=args.batch_size,
-                           device=device, seed=args.seed, console=Console(stderr=True))
-    result = {"model": {"name": recipe.name, "weights": str(weights)}, "suite": suite.name, "n": len(data),
-              "eps_units": "pixel [0,1]", "eps_text": args.eps.split(","), **curve, "seed": args.seed,
-              "device": str(device), "versions": versions(),
-              "command": "robust-uatt " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
-    write_json(out / "curve.json", result)
-    plot_curve(curve, out / "curve.png", f"{recipe.name}: {suite.name}, first {len(data)} test images")
-    table = Table(title=f"{recipe.name}: accuracy vs eps ({suite.name}, n={len(data)})")
-    for col in ("eps", "robust (monotone)", "raw"):
-        table.add_column(col, justify="right")
-    for text, e, r, raw in sorted(zip(result["eps_text"], eps_list, curve["robust_accuracy"],
-                                      curve["raw_robust_accuracy"]), key=lambda t: t[1]):
-        table.add_row(f"{text} ({e:.4g})", f"{100 * r:.2f}%", f"{100 * raw:.2f}%")
-    Console().print(table)
-    print(out / "curve.json")
+    model = api.load_model(args.model, runs_dir=args.runs_dir)
+    curve = api.security_curve(model, eps=args.eps.split(","), suite=args.suite,
+                               attacks=None if args.suite else [args.attack], steps=args.steps, n=args.n,
+                               batch_size=args.batch_size, device=args.device, seed=args.seed, save=True,
+                               out=args.out, runs_dir=args.runs_dir, data_dir=args.data_dir,
+                               download=not args.no_download, console=Console(stderr=True), command=_command())
+    Console().print(curve_table(curve))
+    print(curve["path"])
     return 0
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
-    from robust_uatt.evaluation.selftest import run_selftest
+    from robust_uatt import api
+    from robust_uatt.viz.tables import selftest_table
 
-    results = run_selftest(args.seed)
-    table = Table(title="selftest: do the sanity checks catch planted failures?")
-    for col in ("model", "expected", "verdict", "failed gating checks"):
-        table.add_column(col)
-    ok = True
-    for name, r in results.items():
-        expected = "valid" if name == "healthy model" else "INVALID"
-        verdict = "INVALID" if r["caught"] else "valid"
-        ok &= verdict == expected
-        table.add_row(name, expected, ("[green]" if verdict == expected else "[red]") + verdict + "[/]",
-                      ", ".join(r["failed"]) or "-")
+    results = api.selftest(args.seed)
+    table, ok = selftest_table(results)
     Console().print(table)
     caught = sum(r["caught"] for n, r in results.items() if n != "healthy model")
     print(f"caught {caught} of {len(results) - 1} broken models; healthy model "
@@ -311,54 +281,33 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 
 def cmd_glimpses(args: argparse.Namespace) -> int:
-    import torch
+    from robust_uatt import api
 
-    from robust_uatt.data.datasets import load_split, to_float
-    from robust_uatt.viz.glimpses import plot_glimpses
-    from robust_uatt.utils.runtime import resolve_device, seed_all
-    from robust_uatt.models.zoo import load_trained
-
-    _positive_int("n", args.n)
+    if args.n <= 0:
+        raise UserError(f"--n must be a positive integer, got {args.n}")
     if not args.out.lower().endswith(".png"):
         raise UserError(f"--out must name a .png file, got {args.out}")
-    device = resolve_device(args.device)
-    model, recipe, _ = load_trained(args.model, args.runs_dir)
-    if not hasattr(model, "trace"):
-        raise UserError(f"{recipe.name} is not an attention model (arch {recipe.model['arch']}): nothing to draw")
-    model.policy = args.policy
-    test = load_split(recipe.dataset, "test", args.data_dir, not args.no_download, recipe.data)
-    data = test.subset(slice(0, min(args.n, len(test))))
-    check_writable(Path(args.out).parent)
-    seed_all(args.seed)
-    model = model.to(device)
-    x = to_float(data.x.to(device))
-    with torch.inference_mode():
-        trace = model.trace(x)
-        preds = model(x).argmax(1).cpu()
-    trace = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in trace.items()}
-    plot_glimpses(x.cpu(), trace, args.out, labels=data.y, preds=preds,
-                  title=f"{recipe.name} ({args.policy} policy), first {len(data)} test images")
-    print(args.out)
+    model = api.load_model(args.model, runs_dir=args.runs_dir)
+    print(api.draw_glimpses(model, args.out, n=args.n, policy=args.policy, seed=args.seed, device=args.device,
+                            data_dir=args.data_dir, download=not args.no_download))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from robust_uatt.benchmark.compare import compare, default_leaderboard, load_results, read_leaderboard, report_tables
-    from robust_uatt.utils.files import write_json
+    from robust_uatt import api
+    from robust_uatt.benchmark.compare import report_tables
 
-    if args.top < 0:
-        raise UserError(f"--top must be 0 or more, got {args.top}")
-    source = Path(args.leaderboard) if args.leaderboard else default_leaderboard()
-    rows = read_leaderboard(source)
-    ours = load_results(args.model, args.runs_dir)
-    report = compare(ours, rows, top=args.top, source=str(source))
+    report = api.compare(args.model, args.leaderboard, top=args.top, runs_dir=args.runs_dir)
     out = Path(args.out) if args.out else Path(args.runs_dir) / "compare" / f"{_timestamp()}.json"
-    check_writable(out.parent)
-    write_json(out, report.to_json())
+    api.write_json_file(out, report.to_json())
     console = Console()
     for table in report_tables(report):
         console.print(table)
     print(out)
     return 0
+
+
+COMMANDS = {"zoo": cmd_zoo, "attacks": cmd_attacks, "suites": cmd_suites, "train": cmd_train, "attack": cmd_attack,
+            "curve": cmd_curve, "selftest": cmd_selftest, "glimpses": cmd_glimpses, "compare": cmd_compare}

@@ -7,9 +7,10 @@ from torch import nn
 from robust_uatt.attacks import ATTACKS, build_attack, get_attack
 from robust_uatt.attacks.pgd import pgd
 from robust_uatt.data.datasets import Split
-from robust_uatt.utils.errors import UserError
-from robust_uatt.evaluation.harness import frozen_parameters, parse_eps, run_suite, summarize
+from robust_uatt.evaluation.harness import frozen_parameters, run_suite, summarize
 from robust_uatt.evaluation.selftest import fit_small_cnn
+from robust_uatt.utils.eps import parse_eps
+from robust_uatt.utils.errors import UserError
 from tests.conftest import synthetic_images
 
 

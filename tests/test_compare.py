@@ -16,11 +16,11 @@ from robust_uatt.benchmark.compare import (
     compare,
     eps_equal,
     load_results,
-    parse_eps_text,
     parse_result,
     read_leaderboard,
     threat_classes,
 )
+from robust_uatt.utils.eps import parse_eps_text
 from robust_uatt.utils.errors import UserError
 from tests.conftest import REPO
 

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from robust_uatt import cli
 from robust_uatt.data.datasets import DATASETS, _read_idx, load_split
+from robust_uatt.models.zoo import DATA_SCHEMA, TRAIN_SCHEMA, Recipe, load_recipe
 from robust_uatt.utils.errors import UserError
 from robust_uatt.utils.files import load_tensors, save_tensors
-from robust_uatt.models.zoo import DATA_SCHEMA, TRAIN_SCHEMA, Recipe, load_recipe
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
@@ -107,7 +107,7 @@ def _chdir(folder: str):
 # ---- eps -----------------------------------------------------------------------------------------------------
 
 def _parse_eps():
-    from robust_uatt.evaluation.harness import parse_eps  # owned by the attack harness
+    from robust_uatt.utils.eps import parse_eps
 
     return parse_eps
 

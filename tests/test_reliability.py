@@ -23,8 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import robust_uatt.utils.files as io_mod
 import robust_uatt.training.loop as train_mod
+import robust_uatt.utils.files as io_mod
 from robust_uatt import cli
 from robust_uatt.utils.errors import UserError
 from robust_uatt.utils.files import RunLock, load_tensors, load_torch_weights, save_tensors, write_json

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from robust_uatt.benchmark import robustbench_models
+from robust_uatt.benchmark.robustbench_models import expected_weights, load_robustbench_model
 from robust_uatt.utils import compat
 from robust_uatt.utils.errors import UserError
-from robust_uatt.benchmark.robustbench_models import expected_weights, load_robustbench_model
 
 
 def _robustbench() -> ModuleType:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from robust_uatt.utils.errors import UserError
 from robust_uatt.evaluation.suites import load_suite, suite_names
+from robust_uatt.utils.errors import UserError
 
 
 def test_shipped_suites_load_and_the_adaptive_one_contains_the_paper_protocol() -> None:

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 import robust_uatt.training.loop as train_mod
-from robust_uatt.utils.runtime import resolve_device
 from robust_uatt.models.zoo import load_recipe
+from robust_uatt.utils.runtime import resolve_device
 
 RECIPE = """
 description = "tiny VGG on synthetic data"

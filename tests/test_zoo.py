@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from robust_uatt.utils.errors import UserError
 from robust_uatt.models.vgg import VGG16
 from robust_uatt.models.zoo import MODELS, create_model, load_recipe, recipe_names
+from robust_uatt.utils.errors import UserError
 
 
 def test_registry_lists_the_vgg_recipe_and_presets() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robust_uatt.attacks.base import Attack, register_attack, per_example_uniform
+from robust_uatt.attacks.base import Attack, per_example_uniform, register_attack
 
 
 @register_attack

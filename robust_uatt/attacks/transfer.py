@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from robust_uatt.attacks.base import Attack, register_attack, per_example_uniform
+from robust_uatt.attacks.base import Attack, per_example_uniform, register_attack
 from robust_uatt.attacks.pgd import pgd
 from robust_uatt.utils.errors import UserError
 

@@ -28,12 +28,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from robust_uatt.evaluation.results import EvaluationResult
+from robust_uatt.utils.eps import parse_eps_text
 from robust_uatt.utils.errors import UserError
 
 EPS_TOL = 5e-4
@@ -45,23 +46,6 @@ _NORMS = {"linf": "Linf", "l_inf": "Linf", "inf": "Linf", "l-inf": "Linf", "l2":
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
-def parse_eps_text(value: Any) -> float | None:
-    """'8/255', '0.031', 0.5 -> float; empty, 'null' or unparsable -> None (the leaderboard leaves eps blank)."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
-    text = str(value).strip()
-    if not text or text.lower() in ("null", "none", "nan"):
-        return None
-    num, _, den = text.partition("/")
-    try:
-        out = float(Fraction(num.strip())) / (float(Fraction(den.strip())) if den else 1.0)
-    except (ValueError, ZeroDivisionError):
-        return None
-    return out if math.isfinite(out) else None
-
-
 def eps_equal(a: float | None, b: float | None) -> bool:
     """Equal within RobustBench's 3-decimal rounding (see the module docstring); None equals nothing."""
     return a is not None and b is not None and abs(a - b) <= EPS_TOL
@@ -294,10 +278,10 @@ def _our_eps(tm: dict[str, Any]) -> tuple[float | None, str]:
     return eps, text
 
 
-def _problem(res: dict[str, Any], norm: str | None, eps: float | None, robust: float | None) -> str | None:
-    if res.get("valid") is False:
-        why = res.get("invalid_reasons")
-        return "INVALID result (valid: false)" + (f": {why[0]}" if isinstance(why, list) and why else "")
+def _problem(res: EvaluationResult, norm: str | None, eps: float | None, robust: float | None) -> str | None:
+    if not res.valid:
+        why = res.invalid_reasons
+        return "INVALID result (valid: false)" + (f": {why[0]}" if why else "")
     if norm is None:
         return "results.json has no threat_model.norm"
     if eps is None:
@@ -308,21 +292,19 @@ def _problem(res: dict[str, Any], norm: str | None, eps: float | None, robust: f
 
 
 def parse_result(res: Any, path: str) -> OurResult:
-    """One results.json -> OurResult; missing optional fields are fine, missing essentials become a problem."""
-    res = _dict(res)
-    tm, model, data = _dict(res.get("threat_model")), _dict(res.get("model")), _dict(res.get("data"))
+    """One result (an EvaluationResult or a results.json object) -> OurResult; missing optional fields are fine,
+    missing essentials become a problem."""
+    r = res if isinstance(res, EvaluationResult) else EvaluationResult.from_json(res)
+    tm, data = r.threat_model, r.data
     norm = _norm(tm.get("norm"))
     eps, eps_text = _our_eps(tm)
-    robust = _fraction(res.get("robust_accuracy"))
-    suite = res.get("suite")  # the harness writes {"name": ..., "description": ...}; accept a plain label too
-    label = (suite.get("name") if isinstance(suite, dict) else suite) or res.get("attack") or "?"
-    n = res.get("n")
-    return OurResult(path=path, model=str(model.get("name") or model.get("label") or Path(path).parent.name),
-                     label=str(label), dataset=str(data.get("dataset") or "cifar10"), norm=norm, eps=eps,
-                     eps_text=eps_text, clean_accuracy=_fraction(res.get("clean_accuracy")), robust_accuracy=robust,
-                     n=n if isinstance(n, int) and not isinstance(n, bool) else None,
-                     valid=res.get("valid") is not False, lossless_fraction=_fraction(data.get("lossless_fraction")),
-                     problem=_problem(res, norm, eps, robust) if res else "not a results.json object")
+    robust = r.robust_accuracy
+    empty = not isinstance(res, EvaluationResult) and not res
+    model = r.model.get("name") or r.model.get("label") or Path(path).parent.name
+    return OurResult(path=path, model=str(model), label=r.suite_name, dataset=str(data.get("dataset") or "cifar10"),
+                     norm=norm, eps=eps, eps_text=eps_text, clean_accuracy=r.clean_accuracy, robust_accuracy=robust,
+                     n=r.n, valid=r.valid, lossless_fraction=_fraction(data.get("lossless_fraction")),
+                     problem="not a results.json object" if empty else _problem(r, norm, eps, robust))
 
 
 def _results_files(spec: str, runs_dir: str | Path) -> list[Path]:

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +31,6 @@ from robust_uatt.evaluation.predict import predict, predict_labels
 from robust_uatt.utils.errors import UserError
 from robust_uatt.utils.files import read_json, write_json
 from robust_uatt.viz.progress import progress_bar
-
-_EPS_RE = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*(/\s*(\d+(\.\d*)?|\.\d+)\s*)?$")
-
-
-def parse_eps(text: str) -> float:
-    """'8/255', '0.3', '0' -> float in [0, 1] (pixel units of images scaled to [0, 1])."""
-    if not isinstance(text, str) or not _EPS_RE.match(text):
-        raise UserError(f"cannot parse eps '{text}' (use a number like 0.3 or a fraction like 8/255)")
-    num, _, den = text.partition("/")
-    try:
-        value = float(Fraction(num.strip())) / (float(Fraction(den.strip())) if den else 1.0)
-    except (ValueError, ZeroDivisionError, OverflowError):
-        raise UserError(f"cannot parse eps {text!r} (division by zero or out of range)") from None
-    if not math.isfinite(value) or value < 0 or value > 1:
-        raise UserError(f"eps must lie in [0, 1] (pixel units of [0,1] images), got {text} = {value:g}")
-    return value
 
 
 @contextmanager

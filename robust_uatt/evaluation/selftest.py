@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robust_uatt.attacks import build_attack
-from robust_uatt.evaluation.checks import Check, check_model, check_run, gate
 from robust_uatt.data.datasets import Split
+from robust_uatt.evaluation.checks import Check, check_model, check_run, gate
 from robust_uatt.evaluation.harness import run_suite
 
 

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robust_uatt.attacks import ATTACKS
-from robust_uatt.utils.errors import UserError, unknown_name
 from robust_uatt.utils import toml
+from robust_uatt.utils.errors import UserError, unknown_name
 from robust_uatt.utils.resources import find_toml, toml_names
-
 
 ENTRY_KEYS = {"name": str, "steps": int, "eot": int, "role": str, "options": dict}
 ROLES = ("paper", "")

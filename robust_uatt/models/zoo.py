@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,9 @@ from torch import nn
 
 from robust_uatt.data.datasets import DATASETS, dataset_shape
 from robust_uatt.models.registry import MODELS, builder_params
-from robust_uatt.utils.errors import UserError, unknown_name
 from robust_uatt.utils import toml
+from robust_uatt.utils.errors import UserError, unknown_name
 from robust_uatt.utils.resources import find_toml, toml_names
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Recipes

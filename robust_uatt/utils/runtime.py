@@ -80,7 +80,7 @@ def _git_commit() -> str | None:
 def versions() -> dict[str, str | None]:
     import torchvision
 
-    from robust_uatt import __version__
+    from robust_uatt._version import __version__
 
     try:
         import torchattacks

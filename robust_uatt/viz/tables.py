@@ -95,3 +95,29 @@ def zoo_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         table.add_row(r["name"], r["dataset"], f"{r['params'] / 1e6:.2f}M", ", ".join(r["presets"]), r["description"])
     return table
+
+
+def curve_table(curve: dict[str, Any]) -> Table:
+    """Accuracy against eps: the monotone curve beside the raw per-eps values."""
+    table = Table(title=f"{curve['model']['name']}: accuracy vs eps ({curve['suite']}, n={curve['n']})")
+    for col in ("eps", "robust (monotone)", "raw"):
+        table.add_column(col, justify="right")
+    rows = zip(curve["eps_text"], curve["eps"], curve["robust_accuracy"], curve["raw_robust_accuracy"])
+    for text, e, r, raw in sorted(rows, key=lambda t: t[1]):
+        table.add_row(f"{text} ({e:.4g})", f"{100 * r:.2f}%", f"{100 * raw:.2f}%")
+    return table
+
+
+def selftest_table(results: dict[str, dict[str, Any]]) -> tuple[Table, bool]:
+    """One row per planted model; also whether every verdict was the expected one."""
+    table = Table(title="selftest: do the sanity checks catch planted failures?")
+    for col in ("model", "expected", "verdict", "failed gating checks"):
+        table.add_column(col)
+    ok = True
+    for name, r in results.items():
+        expected = "valid" if name == "healthy model" else "INVALID"
+        verdict = "INVALID" if r["caught"] else "valid"
+        ok &= verdict == expected
+        table.add_row(name, expected, ("[green]" if verdict == expected else "[red]") + verdict + "[/]",
+                      ", ".join(r["failed"]) or "-")
+    return table, ok

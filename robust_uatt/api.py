@@ -1,0 +1,548 @@
+"""The public API: everything a CLI command does is one call here (and every call works without the CLI).
+
+    import robust_uatt as ru
+    model = ru.load_model("cifar10-vgg")                    # zoo name, run directory, .safetensors, or factory
+    result = ru.evaluate(model, x, y, eps=8 / 255, suite="quick")
+    print(result.robust_accuracy, result.valid)             # worst case per example, sanity-check verdict
+    result.save("runs/attacks/mine")                        # results.json + results.md
+
+Inputs are images in [0, 1] (float) or [0, 255] (uint8), NCHW, with integer labels; eps is an L-inf radius in
+pixel units of [0, 1] images (a float or text such as "8/255").
+"""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+import sys
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from robust_uatt.attacks import ATTACKS, Attack, build_attack
+from robust_uatt.benchmark.compare import Report, default_leaderboard, load_results, parse_result, read_leaderboard
+from robust_uatt.benchmark.compare import compare as compare_results
+from robust_uatt.data.datasets import DATASETS, Split, load_split
+from robust_uatt.evaluation.checks import as_dicts, check_budget, check_model, check_run, gate
+from robust_uatt.evaluation.curve import monotone_curve
+from robust_uatt.evaluation.harness import SuiteOutcome, run_suite, summarize
+from robust_uatt.evaluation.results import RESULTS_FILE, EvaluationResult
+from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite, suite_names
+from robust_uatt.models.zoo import count_params, create_model, load_recipe, load_trained, recipe_names
+from robust_uatt.training.loop import CHECKPOINT, CONFIG, WEIGHTS
+from robust_uatt.training.loop import train as train_recipe
+from robust_uatt.utils.eps import parse_eps
+from robust_uatt.utils.errors import UserError, unknown_name
+from robust_uatt.utils.files import RunLock, check_writable, load_state_into, load_tensors, read_json, write_json
+from robust_uatt.utils.runtime import configure, resolve_device, seed_all, versions
+
+CHECK_LEVELS = ("none", "fast", "full")
+POLICIES = ("mean", "sample")
+
+# What load_model knows about the models it returned (name, weights, dataset): evaluate() records it.
+_ORIGIN: weakref.WeakKeyDictionary[nn.Module, ModelOrigin] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class ModelOrigin:
+    info: dict[str, Any]  # name, spec, weights, kind (robust-uatt, factory, robustbench), preset, recipe
+    dataset: str | None
+    data_params: dict[str, Any] = field(default_factory=dict)  # the recipe's [data] table (cluttered canvases)
+
+
+# ------------------------------------------------------------------------------------------------ listing
+def list_models() -> list[str]:
+    """Zoo names (zoo/<name>.toml recipes) that ``load_model`` and ``train`` accept."""
+    return recipe_names()
+
+
+def list_attacks() -> dict[str, str]:
+    """Attack name -> one-line description, for ``attacks=[...]`` and ``make_attack``."""
+    return {name: ATTACKS[name].description for name in sorted(ATTACKS)}
+
+
+def list_suites() -> dict[str, str]:
+    """Suite name (attacks/<name>.toml) -> description, for ``suite=...``."""
+    return {name: load_suite(name).description for name in suite_names()}
+
+
+def zoo() -> list[dict[str, Any]]:
+    """One row per zoo model: name, dataset, parameter count, presets, description."""
+    rows = []
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        rows.append({"name": name, "dataset": recipe.dataset, "params": count_params(create_model(recipe)),
+                     "presets": recipe.presets, "description": recipe.description})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ models
+def load_model(name_or_path: str | None = None, *, factory: str | None = None, checkpoint: str | None = None,
+               robustbench: str | None = None, dataset: str | None = None, runs_dir: str | Path = "runs",
+               model_dir: str | Path = "models") -> nn.Module:
+    """A model in eval mode, mapping [0, 1] images to logits. Exactly one of:
+
+    ``name_or_path``: a zoo name (its newest finished run under ``runs_dir``), a run directory or a .safetensors
+    file written by robust-uatt; ``factory="module:function"``: your own nn.Module (weights from ``checkpoint``);
+    ``robustbench=NAME``: a RobustBench model from ``model_dir`` (offline). ``dataset`` names the data of a factory
+    or RobustBench model (default cifar10).
+    """
+    chosen = [bool(name_or_path), bool(factory), bool(robustbench)]
+    if sum(chosen) != 1:
+        raise UserError("name exactly one of --model, --model-factory (with --checkpoint) or --robustbench")
+    if name_or_path:
+        model, recipe, weights = load_trained(name_or_path, runs_dir)
+        info = {"name": recipe.name, "spec": name_or_path, "weights": str(weights), "kind": "robust-uatt",
+                "preset": recipe.preset, "recipe": recipe.to_dict()}
+        return _remember(model, ModelOrigin(info, recipe.dataset, recipe.data))
+    dataset = dataset or "cifar10"
+    if dataset not in DATASETS:
+        raise unknown_name("dataset", dataset, DATASETS)
+    if factory:
+        model = _from_factory(factory, checkpoint)
+        return _remember(model, ModelOrigin({"name": factory, "weights": checkpoint, "kind": "factory"}, dataset))
+    from robust_uatt.benchmark.robustbench_models import load_robustbench_model
+
+    model = load_robustbench_model(str(robustbench), model_dir, dataset=dataset, threat_model="Linf").eval()
+    return _remember(model, ModelOrigin({"name": robustbench, "weights": str(model_dir), "kind": "robustbench"},
+                                        dataset))
+
+
+def _from_factory(spec: str, checkpoint: str | None) -> nn.Module:
+    module_name, sep, func = spec.partition(":")
+    if not sep:
+        raise UserError(f"--model-factory expects module:function, got '{spec}'")
+    try:
+        factory = getattr(importlib.import_module(module_name), func)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"cannot import {spec}: {e}") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    if checkpoint:
+        tensors, _ = load_tensors(checkpoint)
+        load_state_into(model, tensors, checkpoint)
+    return model.eval()
+
+
+def _remember(model: nn.Module, origin: ModelOrigin) -> nn.Module:
+    _ORIGIN[model] = origin
+    return model
+
+
+def _origin(model: nn.Module) -> ModelOrigin:
+    return _ORIGIN.get(model) or ModelOrigin({"name": type(model).__name__, "weights": None, "kind": "module"}, None)
+
+
+# ------------------------------------------------------------------------------------------------ attacks
+def make_attack(name: str, *, eps: float | str, steps: int | None = None, alpha: float | str | None = None,
+                seed: int = 0, eot: int = 1, **options: Any) -> Attack:
+    """A callable attack: ``x_adv = atk(model, x, y)`` with x (B, C, H, W) in [0, 1] and labels y (B,).
+
+    The call puts the model in eval mode and freezes its parameters, restoring both afterwards; ``alpha`` defaults
+    to 2.5 * eps / steps. ``options`` are the attack's own (``list_attacks()``; e.g. ``grad_path="full"``)."""
+    return build_attack(name, eps=_radius(eps), alpha=None if alpha is None else _radius(alpha), steps=steps,
+                        seed=seed, eot=eot, options=options)
+
+
+def _radius(value: float | str) -> float:
+    return parse_eps(value) if isinstance(value, str) else parse_eps(repr(float(value)))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@dataclass
+class _Plan:
+    """Validated arguments of one evaluation."""
+
+    eps: float
+    eps_text: str
+    alpha: float | None
+    suite: Suite
+    options: dict[str, Any]
+    checks: str
+    policy: str
+    eot: int | None
+    cascade: bool
+    batch_size: int
+    seed: int
+    source: str | None
+
+
+def _plan(eps: float | str, *, suite: str | None, attacks: Sequence[str] | None, steps: int | None,
+          alpha: float | str | None, eot: int | None, options: dict[str, Any] | None, source: str | None,
+          policy: str, checks: str, cascade: bool, batch_size: int, seed: int, n: int | None) -> _Plan:
+    for name, value in (("n", n), ("batch_size", batch_size), ("steps", steps), ("eot", eot)):
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    eps_text = eps if isinstance(eps, str) else f"{float(eps):g}"
+    if policy not in POLICIES:
+        raise UserError(f"--policy must be mean or sample, got '{policy}'")
+    if checks not in CHECK_LEVELS:
+        raise UserError(f"--checks must be none, fast or full, got '{checks}'")
+    chosen = _suite(suite, list(attacks) if attacks else ["pgd"], steps, source)
+    return _Plan(_radius(eps), eps_text, None if alpha is None else _radius(alpha), chosen, dict(options or {}),
+                 checks, policy, eot, cascade, batch_size, seed, source)
+
+
+def _suite(name: str | None, attacks: list[str], steps: int | None, source: str | None) -> Suite:
+    """A suite by name, or one made of the given attacks (the paper-protocol role for pgd-eq14)."""
+    if name:
+        suite = load_suite(name)
+        if steps:
+            raise UserError("--steps applies to a single --attack; a suite sets each attack's steps")
+    else:
+        for attack in attacks:
+            if attack not in ATTACKS:
+                raise unknown_name("attack", attack, ATTACKS)
+        suite = Suite(",".join(attacks), "; ".join(ATTACKS[a].description for a in attacks),
+                      [SuiteEntry(a, steps, None, "paper" if a == "pgd-eq14" else "") for a in attacks])
+    if source:
+        suite.entries.append(SuiteEntry("transfer", None, None, "", {"source": source}))
+    if len(suite.entries) > 1 and any(not ATTACKS[e.name].bounded for e in suite.entries):
+        raise UserError("unbounded attacks (cw) measure minimal perturbations; run them alone, not in a suite")
+    return suite
+
+
+def _build_attacks(plan: _Plan, num_classes: int, eot: int, device: torch.device,
+                   runs_dir: str | Path) -> list[Attack]:
+    attacks = []
+    for entry in plan.suite.entries:
+        known = ATTACKS[entry.name].options
+        options = {**entry.options, **{k: v for k, v in plan.options.items() if k in known}}
+        if entry.name == "transfer":
+            source, _, _ = load_trained(options["source"], runs_dir)
+            options["source_model"] = source.to(device).eval().requires_grad_(False)
+        if entry.name == "autoattack":
+            options["n_classes"] = num_classes
+        attacks.append(build_attack(entry.name, eps=plan.eps, alpha=plan.alpha, steps=entry.steps, seed=plan.seed,
+                                    eot=entry.eot or eot, options=options))
+    unused = set(plan.options) - {k for e in plan.suite.entries for k in ATTACKS[e.name].options}
+    if unused:
+        raise UserError(f"--option {sorted(unused)[0]} is not an option of any attack in the run")
+    return attacks
+
+
+def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | None = None, *,
+             eps: float | str = 8 / 255, suite: str | None = None, attacks: Sequence[str] | None = None,
+             steps: int | None = None, alpha: float | str | None = None, eot: int | None = None,
+             options: dict[str, Any] | None = None, source: str | None = None, policy: str = "mean",
+             checks: str = "fast", cascade: bool = True, n: int | None = None, batch_size: int = 250,
+             device: str | torch.device = "auto", seed: int = 0, state_dir: str | Path | None = None,
+             save: bool = False, out: str | Path | None = None, runs_dir: str | Path = "runs",
+             data_dir: str | None = None, download: bool = True, console: Console | None = None,
+             command: str | None = None) -> EvaluationResult:
+    """Attack ``model`` with a suite (or a list of attacks) at radius ``eps``; worst case per example.
+
+    Data: images ``x`` (N, C, H, W) in [0, 1] (float) or [0, 255] (uint8) and labels ``y`` (N,); without them, the
+    first ``n`` test images of the model's dataset (a model from ``load_model``). ``checks``: "none", "fast" or
+    "full" sanity checks; a failed gating check makes the result INVALID (``result.valid``). ``policy``: "sample"
+    attacks an attention model's stochastic policy (EOT ``eot``, default 8). ``options``: attack options, each given
+    to the attacks that take it (e.g. ``{"grad_path": "full"}``). ``source``: add a transfer attack from that model.
+    ``state_dir``: resumable state (state.json; a rerun recomputes only unfinished batches). ``save``/``out``: write
+    results.json + results.md to ``out`` (default RUNS/attacks/<model>/<time>-<suite>), refusing to overwrite.
+    """
+    plan = _plan(eps, suite=suite, attacks=attacks, steps=steps, alpha=alpha, eot=eot, options=options,
+                 source=source, policy=policy, checks=checks, cascade=cascade, batch_size=batch_size, seed=seed, n=n)
+    device = resolve_device(str(device))
+    origin = _origin(model)
+    stochastic = policy == "sample"
+    if hasattr(model, "policy"):
+        model.policy = policy
+    elif stochastic:
+        raise UserError(f"--policy sample applies to attention models; {origin.info['name']} has no policy")
+    data = _data(origin, x, y, n if n is not None else (None if x is not None else 1000), data_dir, download)
+    num_classes = DATASETS[origin.dataset].num_classes if origin.dataset in DATASETS else _num_classes(model, data)
+    built = _build_attacks(plan, num_classes, eot or (8 if stochastic else 1), device, runs_dir)
+    if save or out is not None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out = Path(out) if out is not None else \
+            Path(runs_dir) / "attacks" / str(origin.info["name"]).replace(":", "_") / f"{stamp}-{plan.suite.name}"
+        if (out / RESULTS_FILE).exists():
+            raise UserError(f"{out}/{RESULTS_FILE} exists; choose another --out")
+        check_writable(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with RunLock(out):  # one writer per output directory; a restart after a kill resumes from state.json
+            result = _run(model, data, plan, built, origin, num_classes, device, out, console, command)
+            result.save(out)
+        return result
+    return _run(model, data, plan, built, origin, num_classes, device, state_dir, console, command)
+
+
+def _data(origin: ModelOrigin, x: torch.Tensor | None, y: torch.Tensor | None, n: int | None,
+          data_dir: str | None, download: bool) -> Split:
+    if x is not None:
+        if y is None or len(x) != len(y):
+            raise UserError("give images x and labels y of the same length")
+        split = Split(x.detach().cpu(), y.detach().cpu().long(), "tensors")
+        return split.subset(slice(0, n)) if n is not None else split
+    if origin.dataset is None:
+        raise UserError("give images x and labels y (this model was not loaded by name, so its dataset is unknown)")
+    test = load_split(origin.dataset, "test", data_dir, download, origin.data_params)
+    if n is not None and n > len(test):
+        raise UserError(f"--n {n} exceeds the {len(test)} test images of {origin.dataset}")
+    return test.subset(slice(0, n))
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, data: Split) -> int:
+    from robust_uatt.data.datasets import to_float
+
+    was_training = model.training
+    try:
+        return int(model.eval()(to_float(data.x[:1].to(next(model.parameters()).device))).shape[1])
+    finally:
+        model.train(was_training)
+
+
+def _run(model: nn.Module, data: Split, plan: _Plan, attacks: list[Attack], origin: ModelOrigin, num_classes: int,
+         device: torch.device, state_dir: str | Path | None, console: Console | None,
+         command: str | None) -> EvaluationResult:
+    configure(device)
+    seed_all(plan.seed)
+    model = model.to(device).eval()
+    console = console or Console(stderr=True)
+    stochastic = plan.policy == "sample"
+    eot = plan.eot or (8 if stochastic else 1)
+    config = {"model": {k: v for k, v in origin.info.items() if k != "recipe"}, "eps": plan.eps, "seed": plan.seed,
+              "policy": plan.policy, "n": len(data), "dataset": origin.dataset}
+    state_path = Path(state_dir) / "state.json" if state_dir is not None else None
+    outcome = run_suite(model, attacks, data, batch_size=plan.batch_size, device=device, cascade=plan.cascade,
+                        uncascaded=frozenset({plan.suite.paper_attack} - {None}), state_path=state_path,
+                        config=config, console=console)
+    checks = _checks(model, data, outcome, attacks, plan, num_classes, device, eot) if plan.checks != "none" else []
+    valid, reasons = gate(checks)
+    return _result(outcome, attacks, plan, origin, data, eot, valid, reasons, checks, device, command)
+
+
+def _checks(model: nn.Module, data: Split, outcome: SuiteOutcome, attacks: list[Attack], plan: _Plan,
+            num_classes: int, device: torch.device, eot: int) -> list:
+    checks = check_model(model, data, outcome.clean_correct, num_classes=num_classes, device=device, seed=plan.seed,
+                         stochastic=plan.policy == "sample")
+    checks += check_run(outcome, [a.describe() for a in attacks])
+    if plan.checks == "full":
+        pgd_steps = max((a.budget.steps for a in attacks if a.white_box and a.steps_meaning == "iterations"),
+                        default=20)
+        checks += check_budget(model, data, outcome, eps=plan.eps, steps=pgd_steps, eot=eot, device=device,
+                               seed=plan.seed)
+    return checks
+
+
+def _result(outcome: SuiteOutcome, attacks: list[Attack], plan: _Plan, origin: ModelOrigin, data: Split, eot: int,
+            valid: bool, reasons: list[str], checks: list, device: torch.device,
+            command: str | None) -> EvaluationResult:
+    summary = summarize(outcome, plan.suite.paper_attack)
+    bounded = all(a.bounded for a in attacks)
+    broken_by = [""] * len(data)
+    for a, rec in zip(attacks, outcome.records):
+        for i in rec.broken:
+            broken_by[i] = broken_by[i] or a.name
+    first = attacks[0]
+    return EvaluationResult(
+        model=origin.info, suite={"name": plan.suite.name, "description": plan.suite.description},
+        attack=plan.suite.name,
+        threat_model={"norm": first.norm if len(attacks) == 1 else "Linf", "bounded": bounded,
+                      "eps": plan.eps if bounded else None, "eps_text": plan.eps_text, "eps_units": "pixel [0,1]",
+                      "steps": first.budget.steps, "steps_meaning": first.steps_meaning, "alpha": first.budget.alpha},
+        policy=plan.policy, eot=eot, cascade=plan.cascade, **summary,
+        valid=valid, invalid_reasons=reasons, checks=as_dicts(checks), checks_level=plan.checks,
+        data={"dataset": origin.dataset, "source": data.source, "first_n": len(data),
+              "lossless_fraction": data.lossless_fraction()},
+        seed=plan.seed, device=str(device), batch_size=plan.batch_size,
+        command=command if command is not None else " ".join(shlex.quote(a) for a in sys.argv),
+        versions=versions(),
+        per_example={"clean_correct": outcome.clean_correct.int().tolist(),
+                     "robust_correct": outcome.robust_correct().int().tolist(), "broken_by": broken_by},
+    )
+
+
+# ------------------------------------------------------------------------------------------------ curve
+def security_curve(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | None = None, *,
+                   eps: Sequence[float | str], suite: str | None = None, attacks: Sequence[str] | None = None,
+                   steps: int | None = None, n: int | None = None, batch_size: int = 250,
+                   device: str | torch.device = "auto", seed: int = 0, save: bool = False,
+                   out: str | Path | None = None, runs_dir: str | Path = "runs", data_dir: str | None = None,
+                   download: bool = True, console: Console | None = None, command: str | None = None) -> dict[str, Any]:
+    """Robust accuracy against eps (one evaluation per radius, no checks), made monotone per example: a point
+    broken at eps' counts as broken at every eps >= eps'. The raw per-eps values are kept beside the curve.
+    ``save``/``out``: write curve.json and curve.png (default RUNS/curves/<model>/<time>); the dict's "path"."""
+    radii = [_radius(e) for e in eps]
+    _plan(radii[0] if radii else 0.0, suite=suite, attacks=attacks, steps=steps, alpha=None, eot=None, options=None,
+          source=None, policy="mean", checks="none", cascade=True, batch_size=batch_size, seed=seed, n=n)
+    origin = _origin(model)
+    if save or out is not None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out = Path(out) if out is not None else Path(runs_dir) / "curves" / str(origin.info["name"]) / stamp
+        if (out / "curve.json").exists():
+            raise UserError(f"{out}/curve.json exists; choose another --out")
+        check_writable(out)
+    data = _data(origin, x, y, n if n is not None else (None if x is not None else 500), data_dir, download)
+    results = {}
+    for i in sorted(range(len(radii)), key=lambda i: radii[i]):
+        results[i] = evaluate(model, data.x, data.y, eps=radii[i], suite=suite, attacks=attacks, steps=steps,
+                              checks="none", batch_size=batch_size, device=device, seed=seed, console=console)
+    raw = torch.tensor([results[i].per_example["robust_correct"] for i in range(len(radii))], dtype=torch.bool)
+    clean = torch.tensor(results[0].per_example["clean_correct"], dtype=torch.bool)
+    curve = {"model": {"name": origin.info["name"], "weights": origin.info.get("weights")},
+             "suite": results[0].suite_name, "n": len(data), "eps_units": "pixel [0,1]",
+             "eps_text": [str(e) for e in eps], **monotone_curve(radii, raw, clean), "seed": seed,
+             "device": results[0].device, "versions": versions(),
+             "command": command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)}
+    if out is not None:
+        from robust_uatt.viz.plots import plot_curve
+
+        write_json(out / "curve.json", curve)
+        plot_curve(curve, out / "curve.png", f"{curve['model']['name']}: {curve['suite']}, first {len(data)} test "
+                                             "images")
+        curve["path"] = str(out / "curve.json")
+    return curve
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train(name: str | None = None, preset: str | None = None, out: str | Path | None = None, *,
+          resume: str | Path | None = None, seed: int = 0, device: str = "auto", data_dir: str | None = None,
+          download: bool = True, runs_dir: str | Path = "runs", deterministic: bool | None = None,
+          console: Console | None = None, **overrides: Any) -> Path:
+    """Train a zoo model (``name``, optionally a ``preset`` such as "smoke" or "cpu") into ``out`` (default
+    RUNS/<name>/<time>), or continue the interrupted run ``resume``; returns the run directory.
+
+    ``overrides``: recipe values by key, e.g. ``epochs=3`` or ``lr=0.01`` ([train]), ``width=0.5`` ([model])."""
+    device_ = resolve_device(device)
+    if resume:
+        run_dir, recipe, seed, data_dir = _resumable(Path(resume), name, data_dir)
+    else:
+        if not name:
+            raise UserError("name a zoo model to train (see `robust-uatt zoo`), or --resume RUN_DIR")
+        recipe = load_recipe(name, preset)
+        _override(recipe, overrides)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(out) if out else Path(runs_dir) / recipe.name / stamp
+        if run_dir.is_dir():
+            RunLock(run_dir).check_free()
+        if (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists():
+            raise UserError(f"{run_dir} already holds a run: use --resume {run_dir}, or another --out")
+        check_writable(run_dir)
+    try:
+        train_recipe(recipe, run_dir, seed=seed, device=device_, data_dir=data_dir, resume=bool(resume),
+                     download=download, console=console or Console(stderr=True), deterministic=deterministic)
+    except OSError as e:
+        from robust_uatt.utils.errors import environment_error
+
+        message = environment_error(e)
+        if message is None:
+            raise
+        if (run_dir / CHECKPOINT).is_file():
+            message += f"; the last checkpoint is intact: robust-uatt train --resume {shlex.quote(str(run_dir))}"
+        raise UserError(message) from e
+    return run_dir
+
+
+def _override(recipe: Any, overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        table = next((t for t in (recipe.train, recipe.data, recipe.model) if key in t), None)
+        if table is None:
+            raise unknown_name("recipe key", key, [*recipe.train, *recipe.data, *recipe.model])
+        if key == "epochs" and (not isinstance(value, int) or value <= 0):
+            raise UserError(f"--epochs must be a positive integer, got {value}")
+        table[key] = value
+
+
+def _resumable(run_dir: Path, name: str | None, data_dir: str | None) -> tuple[Path, Any, int, str | None]:
+    from robust_uatt.models.zoo import Recipe
+
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    RunLock(run_dir).check_free()  # "in use by process N" beats any other complaint about a live run
+    if not (run_dir / CHECKPOINT).is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no {CHECKPOINT})")
+    if (run_dir / WEIGHTS).is_file():
+        raise UserError(f"{run_dir}: this run has already finished")
+    config = read_json(run_dir / CONFIG)
+    if not (isinstance(config, dict) and isinstance(config.get("recipe"), dict)
+            and isinstance(config.get("seed"), int) and not isinstance(config.get("seed"), bool)):
+        raise UserError(f"{run_dir / CONFIG}: not a robust-uatt run configuration (needs 'recipe' and 'seed')")
+    recipe = Recipe.from_dict(config["recipe"], where=str(run_dir / CONFIG))
+    if name and name != recipe.name:
+        raise UserError(f"{run_dir} is a run of {recipe.name}, not {name}")
+    saved_dir = config.get("data_dir")
+    return run_dir, recipe, config["seed"], data_dir or (saved_dir if isinstance(saved_dir, str) else None)
+
+
+# ------------------------------------------------------------------------------------------------ comparison
+def compare(results: Sequence[str | Path | EvaluationResult], leaderboard: str | Path | None = None, *,
+            top: int = 10, runs_dir: str | Path = "runs") -> Report:
+    """Our results beside RobustBench leaderboard rows of the same threat model (dataset, norm, eps).
+
+    ``results``: EvaluationResult objects, results.json files, folders holding them, or zoo names (all their attack
+    results under RUNS/attacks/<name>/). ``leaderboard``: RobustBench model_info/ or CSV files (default
+    $ROBUST_UATT_DATA/robustbench)."""
+    if top < 0:
+        raise UserError(f"--top must be 0 or more, got {top}")
+    source = Path(leaderboard) if leaderboard else default_leaderboard()
+    rows = read_leaderboard(source)
+    ours = [parse_result(r, f"<{r.name}>") for r in results if isinstance(r, EvaluationResult)]
+    specs = [str(r) for r in results if not isinstance(r, EvaluationResult)]
+    ours += load_results(specs, runs_dir) if specs else []
+    return compare_results(ours, rows, top=top, source=str(source))
+
+
+def write_json_file(path: str | Path, obj: Any) -> Path:
+    """Write a JSON report atomically (the CLI's --out of curve and compare)."""
+    check_writable(Path(path).parent)
+    write_json(path, obj)
+    return Path(path)
+
+
+__all__ = ["list_models", "list_attacks", "list_suites", "zoo", "load_model", "make_attack", "evaluate",
+           "security_curve", "train", "compare", "EvaluationResult", "write_json_file"]
+
+
+# ------------------------------------------------------------------------------------------------ the rest
+def draw_glimpses(model: nn.Module, out: str | Path, *, n: int = 8, policy: str = "mean", seed: int = 0,
+                  device: str = "auto", data_dir: str | None = None, download: bool = True) -> Path:
+    """Where an attention model looks on its first ``n`` test images (top-down region, numbered glimpses) -> PNG."""
+    from robust_uatt.data.datasets import to_float
+    from robust_uatt.viz.glimpses import plot_glimpses
+
+    if n <= 0:
+        raise UserError(f"--n must be a positive integer, got {n}")
+    if not str(out).lower().endswith(".png"):
+        raise UserError(f"--out must name a .png file, got {out}")
+    origin = _origin(model)
+    if not hasattr(model, "trace"):
+        arch = (origin.info.get("recipe") or {}).get("model", {}).get("arch", type(model).__name__)
+        raise UserError(f"{origin.info['name']} is not an attention model (arch {arch}): nothing to draw")
+    device_ = resolve_device(device)
+    model.policy = policy
+    test = _data(origin, None, None, None, data_dir, download)
+    data = test.subset(slice(0, min(n, len(test))))
+    check_writable(Path(out).parent)
+    seed_all(seed)
+    model = model.to(device_)
+    x = to_float(data.x.to(device_))
+    with torch.inference_mode():
+        trace = model.trace(x)
+        preds = model(x).argmax(1).cpu()
+    trace = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in trace.items()}
+    plot_glimpses(x.cpu(), trace, out, labels=data.y, preds=preds,
+                  title=f"{origin.info['name']} ({policy} policy), first {len(data)} test images")
+    return Path(out)
+
+
+def selftest(seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Plant broken models (gradient killer, softmax output, input quantizer, randomized) beside a healthy one and
+    report whether the sanity checks catch each: {model: {"caught": bool, "failed": [check names]}}."""
+    from robust_uatt.evaluation import selftest as planted
+
+    return planted.run_selftest(seed)
+
+
+__all__ += ["draw_glimpses", "selftest"]
