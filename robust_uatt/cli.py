@@ -66,7 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("zoo", help="list the model zoo")
     sub.add_parser("attacks", help="list the attacks (what --attack accepts)")
     sub.add_parser("suites", help="list the attack suites (what --suite accepts)")
+    _add_train(sub)
+    _add_attack(sub)
+    _add_curve(sub)
+    _add_selftest(sub)
+    _add_glimpses(sub)
+    _add_compare(sub)
+    return parser
 
+
+def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a zoo model")
     p.add_argument("model", nargs="?", help="zoo name (see `robust-uatt zoo`) or a recipe .toml file")
     p.add_argument("--preset", default=None, help="recipe preset, e.g. smoke or cpu")
@@ -77,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deterministic algorithms on CUDA too (slower; always on for the CPU)")
     _add_common(p)
 
+
+def _add_attack(sub: Any) -> None:
     p = sub.add_parser("attack", help="attack a model with one attack or a suite; worst case per example")
     p.add_argument("--model", default=None, help="zoo name (newest finished run), run directory or .safetensors")
     p.add_argument("--model-factory", default=None, metavar="MODULE:FUNCTION",
@@ -86,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default="models", help="RobustBench model directory (offline)")
     p.add_argument("--dataset", default="cifar10", help="dataset for --model-factory / --robustbench")
     p.add_argument("--attack", default="pgd", help="one attack (see `robust-uatt attacks`), e.g. pgd, pgd-eq14")
-    p.add_argument("--suite", default=None, help="an attack suite (see `robust-uatt suites`): paper, quick, standard, adaptive")
+    p.add_argument("--suite", default=None, help="an attack suite (see `robust-uatt suites`), e.g. quick, adaptive")
     p.add_argument("--eps", default="8/255", help="Linf radius in [0,1] pixel units: 0.3, 8/255, ...")
     p.add_argument("--steps", type=int, default=None, help="iterations (queries/draws) of a single --attack")
     p.add_argument("--alpha", default=None, help="step size (default 2.5*eps/steps)")
@@ -102,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: RUNS/attacks/<model>/<timestamp>-<suite>)")
     _add_common(p)
 
+
+def _add_curve(sub: Any) -> None:
     p = sub.add_parser("curve", help="security curve: robust accuracy against eps (JSON + PNG)")
     p.add_argument("--model", required=True, help="zoo name (newest finished run), run directory or .safetensors")
     p.add_argument("--eps", required=True, help="comma-separated radii, e.g. 0,1/255,2/255,4/255,8/255,16/255,0.1,0.3")
@@ -113,9 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: RUNS/curves/<model>/<timestamp>)")
     _add_common(p)
 
+
+def _add_selftest(sub: Any) -> None:
     p = sub.add_parser("selftest", help="plant broken models and show that the sanity checks catch each one")
     p.add_argument("--seed", type=int, default=0)
 
+
+def _add_glimpses(sub: Any) -> None:
     p = sub.add_parser("glimpses", help="draw where an attention model looks (top-down region, numbered glimpses)")
     p.add_argument("--model", required=True, help="zoo name (newest finished run), run directory or .safetensors")
     p.add_argument("--n", type=int, default=8, help="the first n test images")
@@ -123,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="mean", help="mean (deterministic) or sample")
     _add_common(p)
 
+
+def _add_compare(sub: Any) -> None:
     p = sub.add_parser("compare", help="our attack results beside RobustBench rows of the same threat model")
     p.add_argument("--model", action="append", required=True,
                    help="results.json, a folder holding it, or a zoo name (all RUNS/attacks/<name>/*/results.json); "
@@ -134,7 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSON file to write (default: RUNS/compare/<timestamp>.json)")
     p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
                    help="where zoo names are looked up and the JSON goes (default: runs, or $ROBUST_UATT_RUNS)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,7 @@ class Attack:
     default_steps: ClassVar[int] = 10
     steps_meaning: ClassVar[str] = "iterations"
     options: ClassVar[dict[str, Any]] = {}  # accepted options and their defaults
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # the values a text option may take
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget

@@ -105,6 +105,7 @@ class PGDEq14(PGDBase):
     description = ("the paper's protocol: PGD ascending the training loss Eq. 14 (+ Q loss); grad_path 'vgg' "
                    "(paper: gradient through the VGG features only) or 'full'")
     options = {**PGDBase.options, "grad_path": "vgg", "early_stop": False}
+    choices = {"grad_path": ("vgg", "full")}
     loss_fn = staticmethod(objective_loss)
 
     def switches(self) -> dict[str, Any]:

@@ -26,6 +26,8 @@ def build_attack(name: str, *, eps: float, alpha: float | None = None, steps: in
         raise unknown_name(f"option of attack {name}:", sorted(unknown)[0], cls.options)
     for key, value in options.items():
         _check_option(name, key, value, cls.options.get(key))
+        if key in cls.choices and value not in cls.choices[key]:
+            raise unknown_name(f"{key} of attack {name}:", str(value), cls.choices[key])
     steps = steps or cls.default_steps
     if steps <= 0:
         raise UserError(f"steps must be positive, got {steps}")

@@ -11,58 +11,27 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from robust_uatt.data.config import DataConfig
 from robust_uatt.data.datasets import DATASETS, dataset_shape
 from robust_uatt.models.registry import MODELS, builder_params
+from robust_uatt.training.config import TrainConfig
 from robust_uatt.utils import toml
+from robust_uatt.utils.config import from_table, schema
 from robust_uatt.utils.errors import UserError, unknown_name
 from robust_uatt.utils.resources import find_toml, toml_names
 
 # ---------------------------------------------------------------------------------------------------------------
 # Recipes
 
-TRAIN_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
-    "epochs": (int, 10),
-    "batch_size": (int, 128),
-    "eval_batch_size": (int, 500),
-    "optimizer": (str, "sgd"),  # sgd | adam
-    "lr": ((int, float), 0.05),
-    "momentum": ((int, float), 0.9),
-    "nesterov": (bool, True),
-    "weight_decay": ((int, float), 5e-4),
-    "schedule": (str, "onecycle"),  # constant | cosine | onecycle (linear warm-up, then linear decay to 0)
-    "warmup": ((int, float), 0.15),  # fraction of all steps for the one-cycle warm-up
-    "label_smoothing": ((int, float), 0.0),
-    "grad_clip": ((int, float), 0.0),  # 0 = off
-    "limit_train": (int, 0),  # 0 = the whole training split; >0 = its first N images (smoke runs)
-    "limit_val": (int, 0),  # 0 = the whole validation split
-    "limit_test": (int, 0),  # 0 = the whole test split for the model card
-    "checkpoint_every": (int, 0),  # also checkpoint every N steps inside an epoch (0 = at epoch ends only)
-}
-DATA_SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
-    "augment": (str, "none"),  # none | crop-flip
-    "holdout": (int, 0),  # >0: validate on the last N training images; 0: validate on the test split
-    "canvas": (int, 100),  # cluttered-mnist only
-    "pieces": (int, 10),
-    "piece_size": (int, 8),
-    "clutter_seed": (int, 0),
-}
-# Bounds for numbers (inclusive; None = open): a negative lr or a label smoothing of 3 is a typo, not a recipe.
-RANGES: dict[str, tuple[float | None, float | None]] = {
-    "epochs": (1, None), "batch_size": (1, None), "eval_batch_size": (1, None), "lr": (0, None),
-    "momentum": (0, 1), "weight_decay": (0, None), "warmup": (0, 1), "label_smoothing": (0, 1), "grad_clip": (0, None),
-    "limit_train": (0, None), "limit_val": (0, None), "limit_test": (0, None), "checkpoint_every": (0, None),
-    "holdout": (0, None), "canvas": (1, None), "pieces": (0, None), "piece_size": (1, None), "clutter_seed": (0, None),
-}
+TRAIN_SCHEMA = schema(TrainConfig)  # {key: (types, default)}, from the dataclass fields
+DATA_SCHEMA = schema(DataConfig)
 TOP_KEYS = {"description", "dataset", "paper", "model", "data", "train", "presets"}
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine", "onecycle")
-AUGMENTS = ("none", "crop-flip")
 
 
 @dataclass
@@ -111,33 +80,6 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _check_table(table: Any, schema: dict, where: str, section: str) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise UserError(f"{where}: [{section}] must be a table")
-    out = {}
-    for key, value in table.items():
-        if key not in schema:
-            raise unknown_name(f"key in [{section}] of {where}:", key, schema)
-        types, _ = schema[key]
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-            raise UserError(f"{where}: [{section}] {key} must be {_tname(types)}, got a boolean")
-        if not isinstance(value, types):
-            raise UserError(f"{where}: [{section}] {key} must be {_tname(types)}, got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{where}: [{section}] {key} must be a finite number, got {value}")
-        low, high = RANGES.get(key, (None, None))
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                (low is not None and value < low) or (high is not None and value > high)):
-            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise UserError(f"{where}: [{section}] {key} must be {bounds}, got {value}")
-        out[key] = value
-    return {k: out.get(k, default) for k, (_, default) in schema.items()}
-
-
-def _tname(types: type | tuple[type, ...]) -> str:
-    return " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-
-
 def _check_model(table: Any, where: str) -> dict[str, Any]:
     if not isinstance(table, dict) or "arch" not in table:
         raise UserError(f"{where}: [model] needs an 'arch' ({', '.join(sorted(MODELS))})")
@@ -175,13 +117,8 @@ def _validate(raw: dict[str, Any], name: str, where: str) -> Recipe:
     dataset = raw.get("dataset")
     if not isinstance(dataset, str) or dataset not in DATASETS:
         raise unknown_name(f"dataset in {where}:", str(dataset), DATASETS)
-    train = _check_table(raw.get("train", {}), TRAIN_SCHEMA, where, "train")
-    data = _check_table(raw.get("data", {}), DATA_SCHEMA, where, "data")
-    for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-        if train[key] not in allowed:
-            raise unknown_name(f"[train] {key} in {where}:", train[key], allowed)
-    if data["augment"] not in AUGMENTS:
-        raise unknown_name(f"[data] augment in {where}:", data["augment"], AUGMENTS)
+    train = asdict(from_table(TrainConfig, raw.get("train", {}), where, "train"))
+    data = asdict(from_table(DataConfig, raw.get("data", {}), where, "data"))
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if train[key] <= 0:
             raise UserError(f"{where}: [train] {key} must be > 0, got {train[key]}")

@@ -16,6 +16,7 @@ class AutoAttackStandard(Attack):
     description = "AutoAttack 'standard' (APGD-CE, APGD-T, FAB-T, Square)"
     default_steps = 100
     options = {"version": "standard"}
+    choices = {"version": ("standard", "plus", "rand")}
 
     def implementation(self) -> str:
         from robust_uatt.utils.compat import import_autoattack
