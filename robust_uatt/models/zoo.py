@@ -179,7 +179,8 @@ def count_params(model: nn.Module) -> int:
 
 
 def find_weights(spec: str, runs_dir: str | Path = "runs") -> Path:
-    """Resolve ``--model`` to a weights file. A zoo name means its newest finished run under ``runs_dir``."""
+    """Resolve ``--model`` to a weights file. A zoo name means its newest finished run under ``runs_dir``, else
+    the weights shipped in ``zoo/weights/`` (``models.shipped.weights_origin`` tells which)."""
     path = Path(spec)
     if path.is_file():
         return path
@@ -195,10 +196,15 @@ def find_weights(spec: str, runs_dir: str | Path = "runs") -> Path:
     if spec not in recipe_names():
         raise unknown_name("model", spec, recipe_names())
     runs = sorted((Path(runs_dir) / spec).glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise UserError(f"no trained weights for '{spec}' under {Path(runs_dir) / spec}/: train it first with "
-                        f"`robust-uatt train {spec}`, or pass a run directory or checkpoint with --model")
-    return runs[-1]
+    if runs:
+        return runs[-1]
+    from robust_uatt.models.shipped import shipped_weights
+
+    shipped = shipped_weights(spec)
+    if shipped is None:
+        raise UserError(f"no trained weights for '{spec}' under {Path(runs_dir) / spec}/ and none shipped: train it "
+                        f"first with `robust-uatt train {spec}`, or pass a run directory or checkpoint with --model")
+    return shipped
 
 
 def load_trained(spec: str, runs_dir: str | Path = "runs") -> tuple[nn.Module, Recipe, Path]:

@@ -1,0 +1,76 @@
+"""Shipped zoo weights: export a finished run as fp16 + card, and zoo names falling back to them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from robust_uatt.models import shipped
+from robust_uatt.models.zoo import find_weights, load_trained
+from robust_uatt.training.loop import train
+from robust_uatt.models.zoo import load_recipe
+
+
+@pytest.fixture(scope="module")
+def smoke_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run") / "smoke"
+    train(load_recipe("cifar10-vgg", "smoke"), run, seed=0, device=torch.device("cpu"), data_dir=str(data_dir),
+          download=False)
+    return run
+
+
+def test_clopper_pearson_brackets_the_proportion_and_matches_known_values() -> None:
+    low, high = shipped.clopper_pearson(50, 100)
+    assert low < 0.5 < high
+    assert (round(low, 4), round(high, 4)) == (0.3983, 0.6017)  # the exact interval for 50/100
+    assert shipped.clopper_pearson(0, 10)[0] == 0.0 and shipped.clopper_pearson(10, 10)[1] == 1.0
+
+
+def test_export_writes_fp16_weights_and_a_card_measured_on_them(smoke_run: Path, data_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    weights, card_path = shipped.export_run(smoke_run, dest=tmp_path, data_dir=str(data_dir))
+    assert weights.name == "cifar10-vgg.safetensors" and card_path.name == "cifar10-vgg.json"
+    with safe_open(str(weights), framework="pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    card = json.loads(card_path.read_text())
+    for field in ("name", "architecture", "dataset", "eps", "clean_acc", "autoattack_acc", "additional_data",
+                  "number_forward_passes", "recipe", "seed", "versions", "data"):
+        assert field in card
+    test = card["accuracy"]["test"]
+    assert test["n"] == 200 and test["ci95"][0] <= test["accuracy"] <= test["ci95"][1]
+    assert card["accuracy"]["test_lossless"]["n"] == 100  # the synthetic copy marks its first half lossless
+    # The card describes the shipped (fp16) file: reload it and count again.
+    model, _, _ = load_trained(str(weights))
+    from robust_uatt.data.datasets import load_split
+    test_split = load_split("cifar10", "test", str(data_dir), False)
+    assert shipped._count_correct(model, test_split.x, test_split.y) == test["correct"]
+
+
+def test_zoo_name_uses_a_local_run_first_then_the_shipped_weights(smoke_run: Path, data_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "weights"
+    shipped.export_run(smoke_run, dest=dest, data_dir=str(data_dir))
+    monkeypatch.setattr(shipped, "shipped_dir", lambda: dest)
+    empty_runs = tmp_path / "runs"
+    found = find_weights("cifar10-vgg", empty_runs)
+    assert found == dest / "cifar10-vgg.safetensors" and shipped.weights_origin(found) == "shipped"
+    local = empty_runs / "cifar10-vgg" / "r1"
+    local.mkdir(parents=True)
+    (local / "model.safetensors").write_bytes((smoke_run / "model.safetensors").read_bytes())
+    found = find_weights("cifar10-vgg", empty_runs)
+    assert found == local / "model.safetensors" and shipped.weights_origin(found) == "local run"
+    with pytest.raises(Exception, match="none shipped"):
+        find_weights("cifar10-vgg-attn", empty_runs)
+
+
+def test_export_refuses_an_unfinished_run(tmp_path: Path) -> None:
+    from robust_uatt.utils.errors import UserError
+
+    with pytest.raises(UserError, match="not a finished run"):
+        shipped.export_run(tmp_path, dest=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
