@@ -3,7 +3,7 @@
 The public API (see ``robust_uatt.api`` and the README's "Python API")::
 
     load_model, list_models, list_attacks, list_suites, make_attack, evaluate, EvaluationResult,
-    train, security_curve, compare
+    train, security_curve, compare, benchmark
 
 Names are imported on first use, so ``import robust_uatt`` (and the command line's ``--help``) stays fast.
 """
@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 from robust_uatt._version import __version__
 
 _API = ("load_model", "list_models", "list_attacks", "list_suites", "make_attack", "evaluate", "train",
-        "security_curve", "compare", "EvaluationResult")
+        "security_curve", "compare", "benchmark", "EvaluationResult")
 
 if TYPE_CHECKING:  # pragma: no cover
     from robust_uatt.api import (
         EvaluationResult,
+        benchmark,
         compare,
         evaluate,
         list_attacks,
@@ -44,4 +45,4 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["__version__", "load_model", "list_models", "list_attacks", "list_suites", "make_attack", "evaluate",
-           "train", "security_curve", "compare", "EvaluationResult"]
+           "train", "security_curve", "compare", "benchmark", "EvaluationResult"]

@@ -38,6 +38,7 @@ from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite, suite_n
 from robust_uatt.models.zoo import count_params, create_model, load_recipe, load_trained, recipe_names
 from robust_uatt.training.loop import CHECKPOINT, CONFIG, WEIGHTS
 from robust_uatt.training.loop import train as train_recipe
+from robust_uatt.models.shipped import weights_origin
 from robust_uatt.utils.eps import parse_eps
 from robust_uatt.utils.errors import UserError, unknown_name
 from robust_uatt.utils.files import RunLock, check_writable, load_state_into, load_tensors, read_json, write_json
@@ -100,7 +101,7 @@ def load_model(name_or_path: str | None = None, *, factory: str | None = None, c
     if name_or_path:
         model, recipe, weights = load_trained(name_or_path, runs_dir)
         info = {"name": recipe.name, "spec": name_or_path, "weights": str(weights), "kind": "robust-uatt",
-                "preset": recipe.preset, "recipe": recipe.to_dict()}
+                "origin": weights_origin(weights), "preset": recipe.preset, "recipe": recipe.to_dict()}
         return _remember(model, ModelOrigin(info, recipe.dataset, recipe.data))
     dataset = dataset or "cifar10"
     if dataset not in DATASETS:
@@ -546,3 +547,19 @@ def selftest(seed: int = 0) -> dict[str, dict[str, Any]]:
 
 
 __all__ += ["draw_glimpses", "selftest"]
+
+
+def benchmark(models: Sequence[str] | None = None, eps: Sequence[str] = ("8/255", "1/255"), *, n: int = 200,
+              suite: str = "zoo", out: str | Path | None = None, device: str = "auto", runs_dir: str | Path = "runs",
+              data_dir: str | None = None, download: bool = True, leaderboard: str | Path | None = None,
+              console: Console | None = None) -> Any:
+    """Benchmark the zoo (README command (1)): every CIFAR-10 zoo model with weights (local run, else shipped), at
+    each radius, clean + the paper's protocol + a quick worst case, beside RobustBench. Returns a ZooBenchmark;
+    its evaluations are written under ``out/<model>/eps-<eps>/`` when ``out`` is given (a rerun reuses them)."""
+    from robust_uatt.benchmark.zoo import benchmark_zoo
+
+    if n <= 0:
+        raise UserError(f"--n must be a positive integer, got {n}")
+    return benchmark_zoo(list(models) if models else None, tuple(eps), n=n, suite=suite, out=out, device=device,
+                         runs_dir=runs_dir, data_dir=data_dir, download=download, leaderboard=leaderboard,
+                         console=console)

@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selftest(sub)
     _add_glimpses(sub)
     _add_compare(sub)
+    _add_benchmark(sub)
     return parser
 
 
@@ -153,6 +154,21 @@ def _add_compare(sub: Any) -> None:
     p.add_argument("--out", default=None, help="JSON file to write (default: RUNS/compare/<timestamp>.json)")
     p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
                    help="where zoo names are looked up and the JSON goes (default: runs, or $ROBUST_UATT_RUNS)")
+
+
+def _add_benchmark(sub: Any) -> None:
+    p = sub.add_parser("benchmark", help="evaluate the zoo's CIFAR-10 models (shipped weights or local runs) beside "
+                                         "RobustBench: clean, the paper's protocol, a quick worst case")
+    p.add_argument("--model", action="append", default=None,
+                   help="zoo name, run directory or .safetensors (repeatable; default: every CIFAR-10 zoo model with "
+                        "weights)")
+    p.add_argument("--eps", default="8/255,1/255", help="comma-separated radii in [0,1] pixel units")
+    p.add_argument("--n", type=int, default=200, help="the first n test images (default 200)")
+    p.add_argument("--suite", default="zoo", help="attack suite at every radius (default zoo)")
+    p.add_argument("--leaderboard", default=None, metavar="DIR", help="RobustBench rows (default "
+                                                                      "$ROBUST_UATT_DATA/robustbench)")
+    p.add_argument("--out", default=None, help="output folder (default: RUNS/benchmark/<timestamp>)")
+    _add_common(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,5 +343,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"zoo": cmd_zoo, "attacks": cmd_attacks, "suites": cmd_suites, "train": cmd_train, "attack": cmd_attack,
-            "curve": cmd_curve, "selftest": cmd_selftest, "glimpses": cmd_glimpses, "compare": cmd_compare}
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from robust_uatt import api
+    from robust_uatt.benchmark.compare import report_tables
+    from robust_uatt.benchmark.zoo import benchmark_table
+
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "benchmark" / _timestamp()
+    bench = api.benchmark(args.model, [e.strip() for e in args.eps.split(",") if e.strip()], n=args.n,
+                          suite=args.suite, out=out, device=args.device, runs_dir=args.runs_dir,
+                          data_dir=args.data_dir, download=not args.no_download, leaderboard=args.leaderboard,
+                          console=Console(stderr=True))
+    api.write_json_file(out / "benchmark.json", {"rows": bench.rows(), "comparison": bench.comparison.to_json()})
+    console = Console()
+    console.print(benchmark_table(bench))
+    for table in report_tables(bench.comparison):
+        console.print(table)
+    print(out / "benchmark.json")
+    return 0 if all(r.valid for r in bench.results) else EXIT_INVALID
+
+
+COMMANDS = {"benchmark": cmd_benchmark, "zoo": cmd_zoo, "attacks": cmd_attacks, "suites": cmd_suites,
+            "train": cmd_train, "attack": cmd_attack, "curve": cmd_curve, "selftest": cmd_selftest, "glimpses": cmd_glimpses, "compare": cmd_compare}

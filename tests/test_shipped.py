@@ -74,3 +74,40 @@ def test_export_refuses_an_unfinished_run(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a finished run"):
         shipped.export_run(tmp_path, dest=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_command_evaluates_the_zoo_beside_robustbench(smoke_run: Path, run_cli, tmp_path: Path) -> None:
+    """README command (1) end to end on a tiny preset: the zoo model with weights, clean + paper protocol + quick
+    worst case at two radii, intervals, and the RobustBench rows of the same threat model."""
+    from tests.test_compare import _row, _write_csv
+
+    board = tmp_path / "board"
+    board.mkdir()
+    _write_csv(board / "cifar10_Linf.csv", [_row("Standard", "WideResNet-28-10", "94.78", "0.00", "8/255"),
+                                            _row("R18", "PreActResNet-18", "85.00", "50.00", "8/255")])
+    runs = tmp_path / "runs"
+    (runs / "cifar10-vgg").mkdir(parents=True)
+    (runs / "cifar10-vgg" / "smoke").symlink_to(smoke_run, target_is_directory=True)
+    out = tmp_path / "bench"
+    proc = run_cli("benchmark", "--n", "16", "--eps", "8/255,1/255", "--leaderboard", str(board), "--out", str(out),
+                   "--runs-dir", str(runs), "--no-download", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "benchmark.json").read_text())
+    rows = report["rows"]
+    assert [(r["model"], r["eps"]) for r in rows] == [("cifar10-vgg", "8/255"), ("cifar10-vgg", "1/255")]
+    for r in rows:
+        assert r["weights"] == "local run" and r["n"] == 16
+        assert r["paper_protocol"] is not None and r["clean"]["ci95"][0] <= r["clean"]["accuracy"]
+        assert r["worst_case"]["accuracy"] <= r["paper_protocol"]["accuracy"] <= r["clean"]["accuracy"]
+    assert (out / "cifar10-vgg" / "eps-8_255" / "results.json").is_file()
+    assert "R18" in proc.stdout and "paper protocol" in proc.stdout
+    # A rerun on the same --out reuses the finished evaluations instead of attacking again.
+    again = run_cli("benchmark", "--n", "16", "--eps", "8/255,1/255", "--leaderboard", str(board), "--out", str(out),
+                    "--runs-dir", str(runs), "--no-download", "--device", "cpu")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "benchmark.json").read_text())["rows"] == rows
+
+
+def test_benchmark_without_any_weights_is_one_line(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = run_cli("benchmark", "--model", "cifar10-vgg-attn", "--runs-dir", str(tmp_path / "none"), "--no-download")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "train it first" in proc.stderr
