@@ -29,16 +29,17 @@ from torch import nn
 from robust_uatt.attacks import ATTACKS, Attack, build_attack
 from robust_uatt.benchmark.compare import Report, default_leaderboard, load_results, parse_result, read_leaderboard
 from robust_uatt.benchmark.compare import compare as compare_results
+from robust_uatt.benchmark.zoo import ZooBenchmark, result_dir, zoo_models
 from robust_uatt.data.datasets import DATASETS, Split, load_split
 from robust_uatt.evaluation.checks import as_dicts, check_budget, check_model, check_run, gate
 from robust_uatt.evaluation.curve import monotone_curve
 from robust_uatt.evaluation.harness import SuiteOutcome, run_suite, summarize
 from robust_uatt.evaluation.results import RESULTS_FILE, EvaluationResult
 from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite, suite_names
+from robust_uatt.models.shipped import shipped_dir, weights_origin
 from robust_uatt.models.zoo import count_params, create_model, load_recipe, load_trained, recipe_names
 from robust_uatt.training.loop import CHECKPOINT, CONFIG, WEIGHTS
 from robust_uatt.training.loop import train as train_recipe
-from robust_uatt.models.shipped import weights_origin
 from robust_uatt.utils.eps import parse_eps
 from robust_uatt.utils.errors import UserError, unknown_name
 from robust_uatt.utils.files import RunLock, check_writable, load_state_into, load_tensors, read_json, write_json
@@ -552,14 +553,27 @@ __all__ += ["draw_glimpses", "selftest"]
 def benchmark(models: Sequence[str] | None = None, eps: Sequence[str] = ("8/255", "1/255"), *, n: int = 200,
               suite: str = "zoo", out: str | Path | None = None, device: str = "auto", runs_dir: str | Path = "runs",
               data_dir: str | None = None, download: bool = True, leaderboard: str | Path | None = None,
-              console: Console | None = None) -> Any:
+              console: Console | None = None) -> ZooBenchmark:
     """Benchmark the zoo (README command (1)): every CIFAR-10 zoo model with weights (local run, else shipped), at
-    each radius, clean + the paper's protocol + a quick worst case, beside RobustBench. Returns a ZooBenchmark;
-    its evaluations are written under ``out/<model>/eps-<eps>/`` when ``out`` is given (a rerun reuses them)."""
-    from robust_uatt.benchmark.zoo import benchmark_zoo
-
+    each radius, clean + the paper's protocol + a quick worst case, beside RobustBench. Evaluations are written
+    under ``out/<model>/eps-<eps>/`` when ``out`` is given; a rerun reuses the finished ones."""
     if n <= 0:
         raise UserError(f"--n must be a positive integer, got {n}")
-    return benchmark_zoo(list(models) if models else None, tuple(eps), n=n, suite=suite, out=out, device=device,
-                         runs_dir=runs_dir, data_dir=data_dir, download=download, leaderboard=leaderboard,
-                         console=console)
+    names = list(models) if models else zoo_models("cifar10", runs_dir)
+    if not names:
+        raise UserError(f"no CIFAR-10 zoo model has weights: none under {runs_dir}/ and none shipped in "
+                        f"{shipped_dir()}; train one with `robust-uatt train`")
+    bench = ZooBenchmark(out=Path(out) if out is not None else None)
+    for name in names:
+        model = load_model(name, runs_dir=runs_dir)
+        for radius in eps:
+            target = None if bench.out is None else result_dir(bench.out, name, radius)
+            if target is not None and (target / RESULTS_FILE).exists():
+                result = EvaluationResult.load(target / RESULTS_FILE)  # finished in an earlier, interrupted run
+            else:
+                result = evaluate(model, eps=radius, suite=suite, n=n, device=device, out=target, runs_dir=runs_dir,
+                                  data_dir=data_dir, download=download, console=console)
+            bench.origins[result.name] = _origin(model).info.get("origin", "?")
+            bench.results.append(result)
+    bench.comparison = compare(bench.results, leaderboard, top=5, runs_dir=runs_dir)
+    return bench

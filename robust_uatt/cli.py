@@ -365,4 +365,5 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"benchmark": cmd_benchmark, "zoo": cmd_zoo, "attacks": cmd_attacks, "suites": cmd_suites,
-            "train": cmd_train, "attack": cmd_attack, "curve": cmd_curve, "selftest": cmd_selftest, "glimpses": cmd_glimpses, "compare": cmd_compare}
+            "train": cmd_train, "attack": cmd_attack, "curve": cmd_curve, "selftest": cmd_selftest,
+            "glimpses": cmd_glimpses, "compare": cmd_compare}

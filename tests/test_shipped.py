@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from robust_uatt.evaluation.intervals import clopper_pearson
 from robust_uatt.models import shipped
-from robust_uatt.models.zoo import find_weights, load_trained
+from robust_uatt.models.zoo import find_weights, load_recipe, load_trained
+from robust_uatt.training import export
 from robust_uatt.training.loop import train
-from robust_uatt.models.zoo import load_recipe
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +24,16 @@ def smoke_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def test_clopper_pearson_brackets_the_proportion_and_matches_known_values() -> None:
-    low, high = shipped.clopper_pearson(50, 100)
+def test_clopper_pearson_matches_the_exact_interval_for_50_of_100() -> None:
+    low, high = clopper_pearson(50, 100)
     assert low < 0.5 < high
     assert (round(low, 4), round(high, 4)) == (0.3983, 0.6017)  # the exact interval for 50/100
-    assert shipped.clopper_pearson(0, 10)[0] == 0.0 and shipped.clopper_pearson(10, 10)[1] == 1.0
+    assert clopper_pearson(0, 10)[0] == 0.0 and clopper_pearson(10, 10)[1] == 1.0
 
 
 def test_export_writes_fp16_weights_and_a_card_measured_on_them(smoke_run: Path, data_dir: Path,
                                                                    tmp_path: Path) -> None:
-    weights, card_path = shipped.export_run(smoke_run, dest=tmp_path, data_dir=str(data_dir))
+    weights, card_path = export.export_run(smoke_run, dest=tmp_path, data_dir=str(data_dir))
     assert weights.name == "cifar10-vgg.safetensors" and card_path.name == "cifar10-vgg.json"
     with safe_open(str(weights), framework="pt") as f:
         dtypes = {f.get_tensor(k).dtype for k in f.keys()}
@@ -48,13 +49,13 @@ def test_export_writes_fp16_weights_and_a_card_measured_on_them(smoke_run: Path,
     model, _, _ = load_trained(str(weights))
     from robust_uatt.data.datasets import load_split
     test_split = load_split("cifar10", "test", str(data_dir), False)
-    assert shipped._count_correct(model, test_split.x, test_split.y) == test["correct"]
+    assert export._count_correct(model, test_split.x, test_split.y) == test["correct"]
 
 
 def test_zoo_name_uses_a_local_run_first_then_the_shipped_weights(smoke_run: Path, data_dir: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     dest = tmp_path / "weights"
-    shipped.export_run(smoke_run, dest=dest, data_dir=str(data_dir))
+    export.export_run(smoke_run, dest=dest, data_dir=str(data_dir))
     monkeypatch.setattr(shipped, "shipped_dir", lambda: dest)
     empty_runs = tmp_path / "runs"
     found = find_weights("cifar10-vgg", empty_runs)
@@ -72,7 +73,7 @@ def test_export_refuses_an_unfinished_run(tmp_path: Path) -> None:
     from robust_uatt.utils.errors import UserError
 
     with pytest.raises(UserError, match="not a finished run"):
-        shipped.export_run(tmp_path, dest=tmp_path / "out")
+        export.export_run(tmp_path, dest=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

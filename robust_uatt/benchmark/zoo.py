@@ -3,8 +3,9 @@ or the weights shipped in ``zoo/weights/``), at each radius, through the ``zoo``
 quick worst case), then beside the RobustBench rows of the same threat model.
 
 The quick worst case is an upper bound on robust accuracy, not a verdict of the strength of ``standard`` or
-``adaptive``; the table says so. Each evaluation is an ordinary ``EvaluationResult`` (results.json) under
-``out/<model>/eps-<eps>/``, so ``compare`` and the report read them like any other.
+``adaptive``; the table says so. ``api.benchmark`` runs it; this module holds the result and its table. Each
+evaluation is an ordinary ``EvaluationResult`` (results.json) under ``out/<model>/eps-<eps>/``, so ``compare`` and
+the report read them like any other.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from robust_uatt.evaluation.results import EvaluationResult
-from robust_uatt.models.shipped import accuracy_entry, shipped_names, weights_origin
 from robust_uatt.models.zoo import find_weights, load_recipe, recipe_names
+from robust_uatt.training.export import accuracy_entry
 from robust_uatt.utils.errors import UserError
 
 DEFAULT_EPS = ("8/255", "1/255")
@@ -63,36 +63,9 @@ def zoo_models(dataset: str = "cifar10", runs_dir: str | Path = "runs") -> list[
     return names
 
 
-def _slug(eps: str) -> str:
-    return "eps-" + eps.replace("/", "_")
-
-
-def benchmark_zoo(models: list[str] | None = None, eps: tuple[str, ...] | list[str] = DEFAULT_EPS, *, n: int = 200,
-                  suite: str = SUITE, out: str | Path | None = None, device: str = "auto",
-                  runs_dir: str | Path = "runs", data_dir: str | None = None, download: bool = True,
-                  leaderboard: str | Path | None = None, console: Console | None = None) -> ZooBenchmark:
-    """Evaluate ``models`` (default: every CIFAR-10 zoo model with weights) at each ``eps``; compare."""
-    from robust_uatt import api
-
-    names = list(models) if models else zoo_models("cifar10", runs_dir)
-    if not names:
-        raise UserError(f"no CIFAR-10 zoo model has weights: none under {runs_dir}/ and none shipped "
-                        f"(shipped: {', '.join(shipped_names()) or 'none'}); train one with `robust-uatt train`")
-    bench = ZooBenchmark(out=Path(out) if out is not None else None)
-    for name in names:
-        model = api.load_model(name, runs_dir=runs_dir)
-        weights = find_weights(name, runs_dir) if "/" not in name and not name.endswith(".safetensors") else name
-        for radius in eps:
-            target = None if bench.out is None else bench.out / name.replace("/", "_") / _slug(radius)
-            if target is not None and (target / "results.json").exists():
-                result = EvaluationResult.load(target / "results.json")  # a finished part of a rerun
-            else:
-                result = api.evaluate(model, eps=radius, suite=suite, n=n, device=device, out=target,
-                                      runs_dir=runs_dir, data_dir=data_dir, download=download, console=console)
-            bench.origins[result.name] = weights_origin(weights)
-            bench.results.append(result)
-    bench.comparison = api.compare(bench.results, leaderboard, top=5, runs_dir=runs_dir)
-    return bench
+def result_dir(out: Path, model: str, eps: str) -> Path:
+    """Where the evaluation of ``model`` at ``eps`` is written: ``out/<model>/eps-<eps>``."""
+    return out / model.replace("/", "_") / ("eps-" + eps.replace("/", "_"))
 
 
 def _pct(entry: dict[str, Any] | None) -> str:
