@@ -58,7 +58,7 @@ def main() -> None:
                 sl = slice(s, s + args.batch)
                 init = per_example_uniform(x[sl], index[sl], eps, seed=0)
                 adv.append(pgd(model, x[sl], y[sl], eps=eps, alpha=alpha, steps=args.steps, init=init,
-                               early_stop=early_stop))
+                               early_stop=early_stop, keep="best" if early_stop else "last"))
         seconds = time.perf_counter() - t0
         with torch.inference_mode():
             acc = float((model(torch.cat(adv)).argmax(1) == y).float().mean())

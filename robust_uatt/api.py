@@ -171,6 +171,7 @@ class _Plan:
     checks: str
     policy: str
     eot: int | None
+    judge_draws: int | None
     cascade: bool
     batch_size: int
     seed: int
@@ -179,8 +180,10 @@ class _Plan:
 
 def _plan(eps: float | str, *, suite: str | None, attacks: Sequence[str] | None, steps: int | None,
           alpha: float | str | None, eot: int | None, options: dict[str, Any] | None, source: str | None,
-          policy: str, checks: str, cascade: bool, batch_size: int, seed: int, n: int | None) -> _Plan:
-    for name, value in (("n", n), ("batch_size", batch_size), ("steps", steps), ("eot", eot)):
+          policy: str, checks: str, cascade: bool, batch_size: int, seed: int, n: int | None,
+          judge_draws: int | None = None) -> _Plan:
+    for name, value in (("n", n), ("batch_size", batch_size), ("steps", steps), ("eot", eot),
+                        ("judge_draws", judge_draws)):
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     eps_text = eps if isinstance(eps, str) else f"{float(eps):g}"
@@ -190,7 +193,7 @@ def _plan(eps: float | str, *, suite: str | None, attacks: Sequence[str] | None,
         raise UserError(f"--checks must be none, fast or full, got '{checks}'")
     chosen = _suite(suite, list(attacks) if attacks else ["pgd"], steps, source)
     return _Plan(_radius(eps), eps_text, None if alpha is None else _radius(alpha), chosen, dict(options or {}),
-                 checks, policy, eot, cascade, batch_size, seed, source)
+                 checks, policy, eot, judge_draws, cascade, batch_size, seed, source)
 
 
 def _suite(name: str | None, attacks: list[str], steps: int | None, source: str | None) -> Suite:
@@ -235,7 +238,8 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
              eps: float | str = 8 / 255, suite: str | None = None, attacks: Sequence[str] | None = None,
              steps: int | None = None, alpha: float | str | None = None, eot: int | None = None,
              options: dict[str, Any] | None = None, source: str | None = None, policy: str = "mean",
-             checks: str = "fast", cascade: bool = True, n: int | None = None, batch_size: int = 250,
+             judge_draws: int | None = None, checks: str = "fast", cascade: bool = True, n: int | None = None,
+             batch_size: int = 250,
              device: str | torch.device = "auto", seed: int = 0, state_dir: str | Path | None = None,
              save: bool = False, out: str | Path | None = None, runs_dir: str | Path = "runs",
              data_dir: str | None = None, download: bool = True, console: Console | None = None,
@@ -245,13 +249,15 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
     Data: images ``x`` (N, C, H, W) in [0, 1] (float) or [0, 255] (uint8) and labels ``y`` (N,); without them, the
     first ``n`` test images of the model's dataset (a model from ``load_model``). ``checks``: "none", "fast" or
     "full" sanity checks; a failed gating check makes the result INVALID (``result.valid``). ``policy``: "sample"
-    attacks an attention model's stochastic policy (EOT ``eot``, default 8). ``options``: attack options, each given
-    to the attacks that take it (e.g. ``{"grad_path": "full"}``). ``source``: add a transfer attack from that model.
-    ``state_dir``: resumable state (state.json; a rerun recomputes only unfinished batches). ``save``/``out``: write
-    results.json + results.md to ``out`` (default RUNS/attacks/<model>/<time>-<suite>), refusing to overwrite.
+    attacks an attention model's stochastic policy (EOT ``eot``, default 8; every clean and adversarial judgement a
+    strict majority of ``judge_draws`` passes, default 9, recorded in the result). ``options``: attack options, each
+    given to the attacks that take it (e.g. ``{"grad_path": "full"}``). ``source``: add a transfer attack from that
+    model. ``state_dir``: resumable state (state.json; a rerun recomputes only unfinished batches). ``save``/``out``:
+    write results.json + results.md to ``out`` (default RUNS/attacks/<model>/<time>-<suite>), refusing to overwrite.
     """
     plan = _plan(eps, suite=suite, attacks=attacks, steps=steps, alpha=alpha, eot=eot, options=options,
-                 source=source, policy=policy, checks=checks, cascade=cascade, batch_size=batch_size, seed=seed, n=n)
+                 source=source, policy=policy, checks=checks, cascade=cascade, batch_size=batch_size, seed=seed, n=n,
+                 judge_draws=judge_draws)
     device = resolve_device(str(device))
     origin = _origin(model)
     stochastic = policy == "sample"
@@ -312,15 +318,26 @@ def _run(model: nn.Module, data: Split, plan: _Plan, attacks: list[Attack], orig
     console = console or Console(stderr=True)
     stochastic = plan.policy == "sample"
     eot = plan.eot or (8 if stochastic else 1)
+    draws = judge_draws_for(plan.policy, plan.judge_draws)
     config = {"model": {k: v for k, v in origin.info.items() if k != "recipe"}, "eps": plan.eps, "seed": plan.seed,
               "policy": plan.policy, "n": len(data), "dataset": origin.dataset}
     state_path = Path(state_dir) / "state.json" if state_dir is not None else None
     outcome = run_suite(model, attacks, data, batch_size=plan.batch_size, device=device, cascade=plan.cascade,
                         uncascaded=frozenset({plan.suite.paper_attack} - {None}), state_path=state_path,
-                        config=config, console=console)
+                        config=config, console=console, draws=draws)
     checks = _checks(model, data, outcome, attacks, plan, num_classes, device, eot) if plan.checks != "none" else []
     valid, reasons = gate(checks)
-    return _result(outcome, attacks, plan, origin, data, eot, valid, reasons, checks, device, command)
+    result = _result(outcome, attacks, plan, origin, data, eot, valid, reasons, checks, device, command)
+    result.judge_draws = draws
+    return result
+
+
+JUDGE_DRAWS_SAMPLE = 9  # default majority for policy "sample": odd, so a vote never ties
+
+
+def judge_draws_for(policy: str, judge_draws: int | None) -> int:
+    """Passes per judgement: as given, else 9 for a sampling policy and 1 for a deterministic model."""
+    return judge_draws or (JUDGE_DRAWS_SAMPLE if policy == "sample" else 1)
 
 
 def _checks(model: nn.Module, data: Split, outcome: SuiteOutcome, attacks: list[Attack], plan: _Plan,
@@ -367,16 +384,23 @@ def _result(outcome: SuiteOutcome, attacks: list[Attack], plan: _Plan, origin: M
 # ------------------------------------------------------------------------------------------------ curve
 def security_curve(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | None = None, *,
                    eps: Sequence[float | str], suite: str | None = None, attacks: Sequence[str] | None = None,
-                   steps: int | None = None, n: int | None = None, batch_size: int = 250,
+                   steps: int | None = None, n: int | None = None, batch_size: int = 250, policy: str = "mean",
+                   eot: int | None = None, judge_draws: int | None = None, checks: str = "fast",
                    device: str | torch.device = "auto", seed: int = 0, save: bool = False,
                    out: str | Path | None = None, runs_dir: str | Path = "runs", data_dir: str | None = None,
                    download: bool = True, console: Console | None = None, command: str | None = None) -> dict[str, Any]:
-    """Robust accuracy against eps (one evaluation per radius, no checks), made monotone per example: a point
-    broken at eps' counts as broken at every eps >= eps'. The raw per-eps values are kept beside the curve.
-    ``save``/``out``: write curve.json and curve.png (default RUNS/curves/<model>/<time>); the dict's "path"."""
+    """Robust accuracy against eps (one evaluation per radius), made monotone per example: a point broken at eps'
+    counts as broken at every eps >= eps'. The raw per-eps values are kept beside the curve, every accuracy with its
+    95% Clopper-Pearson interval. ``policy``/``eot``/``judge_draws`` as in ``evaluate``; ``checks`` ("none", "fast",
+    "full") run at every radius, named "eps <r>: <check>", and any failed gating check makes the curve INVALID
+    (``valid``). ``save``/``out``: write curve.json and curve.png (default RUNS/curves/<model>/<time>); the dict's
+    "path"."""
     radii = [_radius(e) for e in eps]
-    _plan(radii[0] if radii else 0.0, suite=suite, attacks=attacks, steps=steps, alpha=None, eot=None, options=None,
-          source=None, policy="mean", checks="none", cascade=True, batch_size=batch_size, seed=seed, n=n)
+    _plan(radii[0] if radii else 0.0, suite=suite, attacks=attacks, steps=steps, alpha=None, eot=eot, options=None,
+          source=None, policy=policy, checks=checks, cascade=True, batch_size=batch_size, seed=seed, n=n,
+          judge_draws=judge_draws)
+    if policy == "sample" and not hasattr(model, "policy"):
+        raise UserError(f"--policy sample applies to attention models; {_origin(model).info['name']} has no policy")
     origin = _origin(model)
     if save or out is not None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -388,12 +412,19 @@ def security_curve(model: nn.Module, x: torch.Tensor | None = None, y: torch.Ten
     results = {}
     for i in sorted(range(len(radii)), key=lambda i: radii[i]):
         results[i] = evaluate(model, data.x, data.y, eps=radii[i], suite=suite, attacks=attacks, steps=steps,
-                              checks="none", batch_size=batch_size, device=device, seed=seed, console=console)
+                              policy=policy, eot=eot, judge_draws=judge_draws, checks=checks,
+                              batch_size=batch_size, device=device, seed=seed, console=console)
     raw = torch.tensor([results[i].per_example["robust_correct"] for i in range(len(radii))], dtype=torch.bool)
     clean = torch.tensor(results[0].per_example["clean_correct"], dtype=torch.bool)
+    named = [(radii[i], results[i]) for i in sorted(results, key=lambda i: radii[i])]
     curve = {"model": {"name": origin.info["name"], "weights": origin.info.get("weights")},
              "suite": results[0].suite_name, "n": len(data), "eps_units": "pixel [0,1]",
-             "eps_text": [str(e) for e in eps], **monotone_curve(radii, raw, clean), "seed": seed,
+             "eps_text": [str(e) for e in eps], **monotone_curve(radii, raw, clean),
+             "policy": policy, "eot": results[0].eot, "judge_draws": results[0].judge_draws, "checks_level": checks,
+             "checks": [{**c, "name": f"eps {r:.4g}: {c['name']}"} for r, res in named for c in res.checks],
+             "valid": all(res.valid for _, res in named),
+             "invalid_reasons": [f"eps {r:.4g}: {why}" for r, res in named for why in res.invalid_reasons],
+             "seed": seed,
              "device": results[0].device, "versions": versions(),
              "command": command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)}
     if out is not None:

@@ -57,6 +57,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="where runs are written and zoo names are looked up (default: runs, or $ROBUST_UATT_RUNS)")
 
 
+def _add_judge_draws(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge-draws", type=int, default=None, metavar="K",
+                   help="judge every point (clean and adversarial) by a majority of K passes (default 1, and 9 "
+                        "with --policy sample); recorded in the results")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robust-uatt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="Bad input is one line on stderr with exit code 2; INVALID attack results exit 4.")
@@ -104,6 +110,7 @@ def _add_attack(sub: Any) -> None:
     p.add_argument("--alpha", default=None, help="step size (default 2.5*eps/steps)")
     p.add_argument("--eot", type=int, default=None, help="EOT samples per step (default 8 with --policy sample)")
     p.add_argument("--policy", default="mean", help="attention models: mean (deterministic) or sample")
+    _add_judge_draws(p)
     p.add_argument("--source", default=None, help="add a transfer attack made on this model (zoo name/run/file)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="attack option, e.g. grad_path=full, tau=0.1, restarts=3 (repeatable)")
@@ -122,6 +129,10 @@ def _add_curve(sub: Any) -> None:
     p.add_argument("--attack", default="pgd-ce", help="attack at every eps (default pgd-ce)")
     p.add_argument("--suite", default=None, help="or a suite at every eps")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--eot", type=int, default=None, help="EOT samples per step (default 8 with --policy sample)")
+    p.add_argument("--policy", default="mean", help="attention models: mean (deterministic) or sample")
+    _add_judge_draws(p)
+    p.add_argument("--checks", default="fast", help="sanity checks at every eps: none, fast (default) or full")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--out", default=None, help="output directory (default: RUNS/curves/<model>/<timestamp>)")
@@ -273,7 +284,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
                            model_dir=args.model_dir)
     result = api.evaluate(model, eps=args.eps, suite=args.suite, attacks=[args.attack], steps=args.steps,
                           alpha=args.alpha, eot=args.eot, options=parse_options(args.option or []),
-                          source=args.source, policy=args.policy, checks=args.checks, cascade=not args.no_cascade,
+                          source=args.source, policy=args.policy, judge_draws=args.judge_draws, checks=args.checks,
+                          cascade=not args.no_cascade,
                           n=args.n, batch_size=args.batch_size, device=args.device, seed=args.seed, save=True,
                           out=args.out, runs_dir=args.runs_dir, data_dir=args.data_dir,
                           download=not args.no_download, console=Console(stderr=True), command=_command())
@@ -291,12 +303,13 @@ def cmd_curve(args: argparse.Namespace) -> int:
     model = api.load_model(args.model, runs_dir=args.runs_dir)
     curve = api.security_curve(model, eps=args.eps.split(","), suite=args.suite,
                                attacks=None if args.suite else [args.attack], steps=args.steps, n=args.n,
+                               policy=args.policy, eot=args.eot, judge_draws=args.judge_draws, checks=args.checks,
                                batch_size=args.batch_size, device=args.device, seed=args.seed, save=True,
                                out=args.out, runs_dir=args.runs_dir, data_dir=args.data_dir,
                                download=not args.no_download, console=Console(stderr=True), command=_command())
     Console().print(curve_table(curve))
     print(curve["path"])
-    return 0
+    return 0 if curve["valid"] else EXIT_INVALID
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:

@@ -80,7 +80,7 @@ def test_our_pgd_matches_torchattacks_pgd(trained) -> None:
     torch.manual_seed(11)
     init = torch.empty_like(x).uniform_(-eps, eps)  # torchattacks' random start, same generator state
     with frozen_parameters(model):
-        ours = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, init=init, early_stop=False)
+        ours = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, init=init, early_stop=False, keep="last")
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 

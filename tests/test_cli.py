@@ -160,7 +160,7 @@ def test_glimpses_refuses_a_model_without_attention(trained_run: Path, run_cli) 
 def test_security_curve_is_monotone_and_keeps_raw_values(trained_run: Path, run_cli, tmp_path: Path) -> None:
     out = run_cli("curve", "--model", str(trained_run), "--eps", "0.3,0,8/255,0.1", "--steps", "3", "--n", "24",
                   "--out", "c")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode in (0, 4), out.stderr  # 4: a gating sanity check failed (a 1-epoch smoke model may)
     curve = json.loads((tmp_path / "c" / "curve.json").read_text())
     by_eps = sorted(zip(curve["eps"], curve["robust_accuracy"], curve["raw_robust_accuracy"]))
     accs = [a for _, a, _ in by_eps]

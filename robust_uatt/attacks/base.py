@@ -86,6 +86,24 @@ class Attack:
                 "steps_meaning": self.steps_meaning, "eot": b.eot, "options": self.opts}
 
 
+class EOTLogits(nn.Module):
+    """Expectation over transformation for attacks without their own: the mean logits of ``draws`` passes of a
+    randomized model (``--policy sample``). Square and FAB-T query this instead of one random draw."""
+
+    def __init__(self, model: nn.Module, draws: int) -> None:
+        super().__init__()
+        self.model = model
+        self.draws = draws
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([self.model(x) for _ in range(self.draws)]).mean(0)
+
+
+def with_eot(model: nn.Module, draws: int) -> nn.Module:
+    """``model`` itself for one draw, else its EOT average (in the model's own train/eval mode)."""
+    return model if draws <= 1 else EOTLogits(model, draws).train(model.training)
+
+
 def per_example_uniform(x: Tensor, index: Tensor, eps: float, seed: int, salt: int = 0) -> Tensor:
     """Uniform noise in [-eps, eps] drawn from a generator seeded by (seed, salt, example index): batch-independent."""
     out = torch.empty_like(x)

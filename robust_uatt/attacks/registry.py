@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from robust_uatt.attacks import noise, pgd, transfer  # noqa: F401  (importing registers each attack)
-from robust_uatt.attacks.adapters import autoattack, torchattacks  # noqa: F401
+from robust_uatt.attacks.adapters import autoattack, targeted, torchattacks  # noqa: F401
 from robust_uatt.attacks.base import ATTACKS, Attack, Budget
 from robust_uatt.utils.errors import UserError, unknown_name
 

@@ -14,7 +14,8 @@ from robust_uatt.utils.errors import UserError
 class Transfer(Attack):
     name = "transfer"
     white_box = False
-    description = "PGD-CE on a source model, evaluated on the target (black-box transfer)"
+    description = ("PGD-CE on a source model, evaluated on the target (black-box transfer); of the source's iterates, "
+                   "the one that does best on the target is kept (one target query per step)")
     default_steps = 30
     options = {"source_model": None, "source": None}
 
@@ -24,7 +25,8 @@ class Transfer(Attack):
             raise UserError("the transfer attack needs a source model: --source MODEL")
         b = self.budget
         init = per_example_uniform(x, index, b.eps, b.seed, salt=77)
-        return pgd(source, x, y, eps=b.eps, alpha=b.alpha, steps=b.steps, init=init, early_stop=False)
+        # the gradient comes from the source; of its iterates, the one that does best on the target is kept
+        return pgd(source, x, y, eps=b.eps, alpha=b.alpha, steps=b.steps, init=init, early_stop=False, judge=model)
 
     def describe(self) -> dict:
         d = super().describe()

@@ -33,11 +33,14 @@ from typing import Any
 
 from rich.table import Table
 
+from robust_uatt.evaluation.intervals import describe as describe_ci
+from robust_uatt.evaluation.intervals import format_ci, interval
 from robust_uatt.evaluation.results import EvaluationResult
 from robust_uatt.utils.eps import parse_eps_text
 from robust_uatt.utils.errors import UserError
 
 EPS_TOL = 5e-4
+FULL_TEST_POINTS = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 5_000}  # what RobustBench evaluates on
 THREAT_MODELS = ("Linf", "L2", "corruptions", "corruptions_3d")
 UNBOUNDED = ("corruptions", "corruptions_3d")  # no eps: the threat model is a fixed set of corruptions
 METRICS = ("autoattack_acc", "corruptions_acc", "corruptions_acc_3d")
@@ -240,6 +243,38 @@ class OurResult:
     valid: bool
     lossless_fraction: float | None
     problem: str | None = None  # why it cannot be compared whatever the leaderboard holds
+    clean_ci: list[float] | None = None  # 95% Clopper-Pearson intervals (fractions) over the n points
+    robust_ci: list[float] | None = None
+    autoattack: str = "none"  # "reference", "torchattacks port" or "none" (see _autoattack_impl)
+    checks_level: str | None = None  # "none", "fast", "full"; None: not recorded
+
+    @property
+    def unchecked(self) -> bool:
+        """Run without sanity checks (``--checks none``): never ranked beside checked numbers."""
+        return self.checks_level == "none"
+
+    def robustbench_caveats(self) -> list[str]:
+        """Why this number is not comparable with a RobustBench row (reference AutoAttack on the full test set,
+        exact images); empty when it is."""
+        out = []
+        full = FULL_TEST_POINTS.get(self.dataset)
+        if self.n is None or (full is not None and self.n < full):
+            width = "" if self.robust_ci is None else f", 95% CI +-{50 * (self.robust_ci[1] - self.robust_ci[0]):.1f}"
+            out.append(f"n={self.n or '?'} < the leaderboard's {full or 'full'} test images{width}")
+        if self.autoattack == "torchattacks port":
+            out.append("torchattacks' AutoAttack port, not the reference implementation")
+        elif self.autoattack != "reference":
+            out.append(f"suite '{self.label}' is not AutoAttack (other attacks, other budgets)")
+        if self.checks_level is None:
+            out.append("checks level not recorded")
+        if self.lossless_fraction is not None and self.lossless_fraction < 1:
+            out.append(f"{100 * (1 - self.lossless_fraction):.1f}% of the images are not the exact test images")
+        return out
+
+    def row_info(self) -> list[str]:
+        """suite, AutoAttack implementation, n, checks level, lossless fraction: the table's per-row columns."""
+        lossless = "?" if self.lossless_fraction is None else f"{100 * self.lossless_fraction:.0f}%"
+        return [self.label, self.autoattack, str(self.n or "?"), self.checks_level or "?", lossless]
 
     def threat_label(self) -> str:
         eps = "unbounded" if self.eps is None else _eps_label(self.eps, self.eps_text)
@@ -250,11 +285,24 @@ class OurResult:
                 "norm": self.norm, "eps": self.eps, "eps_text": self.eps_text,
                 "clean_accuracy_fraction": self.clean_accuracy, "robust_accuracy_fraction": self.robust_accuracy,
                 "clean_acc_pct": _to_pct(self.clean_accuracy), "robust_acc_pct": _to_pct(self.robust_accuracy),
-                "n": self.n, "valid": self.valid, "lossless_fraction": self.lossless_fraction}
+                "clean_acc_ci_pct": _ci_pct(self.clean_ci), "robust_acc_ci_pct": _ci_pct(self.robust_ci),
+                "n": self.n, "valid": self.valid, "lossless_fraction": self.lossless_fraction, "suite": self.label,
+                "autoattack_impl": self.autoattack, "checks_level": self.checks_level}
 
 
 def _to_pct(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 4)
+
+
+def _ci_pct(ci: list[float] | None) -> list[float] | None:
+    return None if ci is None else [round(100 * ci[0], 4), round(100 * ci[1], 4)]
+
+
+def _stored_ci(value: Any) -> list[float] | None:
+    """A ``*_ci`` pair from results.json, if well formed."""
+    if isinstance(value, list) and len(value) == 2 and all(_fraction(v) is not None for v in value):
+        return [float(value[0]), float(value[1])]
+    return None
 
 
 def _fraction(value: Any) -> float | None:
@@ -301,10 +349,41 @@ def parse_result(res: Any, path: str) -> OurResult:
     robust = r.robust_accuracy
     empty = not isinstance(res, EvaluationResult) and not res
     model = r.model.get("name") or r.model.get("label") or Path(path).parent.name
+    recorded = isinstance(res, EvaluationResult) or (isinstance(res, dict) and "checks_level" in res)
     return OurResult(path=path, model=str(model), label=r.suite_name, dataset=str(data.get("dataset") or "cifar10"),
                      norm=norm, eps=eps, eps_text=eps_text, clean_accuracy=r.clean_accuracy, robust_accuracy=robust,
                      n=r.n, valid=r.valid, lossless_fraction=_fraction(data.get("lossless_fraction")),
-                     problem="not a results.json object" if empty else _problem(r, norm, eps, robust))
+                     problem="not a results.json object" if empty else _problem(r, norm, eps, robust),
+                     clean_ci=_stored_ci(_field(r, "clean_accuracy_ci")) or interval(r.clean_accuracy, r.n),
+                     robust_ci=_stored_ci(_field(r, "robust_accuracy_ci")) or interval(robust, r.n),
+                     autoattack=_autoattack_impl(r), checks_level=_checks_level(r, recorded))
+
+
+def _field(r: EvaluationResult, name: str) -> Any:
+    """A field of the result whether EvaluationResult declares it or keeps it in ``extra`` (another version's)."""
+    return getattr(r, name, None) if hasattr(r, name) else r.extra.get(name)
+
+
+def _autoattack_impl(r: EvaluationResult) -> str:
+    """Which AutoAttack produced the number: the result's own ``autoattack_impl`` when it records one, else the
+    ``implementation`` of its ``autoattack`` row; "none" for a suite without AutoAttack."""
+    recorded = _field(r, "autoattack_impl")
+    if isinstance(recorded, str) and recorded:
+        text = recorded.lower()
+        return "reference" if text.startswith("reference") else \
+            "torchattacks port" if "port" in text or "torchattacks" in text else recorded
+    for row in r.attacks:
+        if isinstance(row, dict) and row.get("name") == "autoattack":
+            impl = str(row.get("implementation") or "")
+            return "reference" if impl.startswith("reference") else "torchattacks port"
+    return "none"
+
+
+def _checks_level(r: EvaluationResult, recorded: bool) -> str | None:
+    """"none" for an UNCHECKED result (``verdict`` or ``checks_level``), else the level; None when not recorded."""
+    if str(_field(r, "verdict") or "").upper() == "UNCHECKED":
+        return "none"
+    return r.checks_level if recorded and r.checks_level else None
 
 
 def _results_files(spec: str, runs_dir: str | Path) -> list[Path]:
@@ -417,6 +496,10 @@ class Report:
             "units": {"*_pct": "percent (0-100), as RobustBench reports", "*_fraction": "fraction (0-1), as "
                       "results.json reports", "eps": "pixel units of images in [0, 1]"},
             "eps_tolerance": EPS_TOL,
+            "confidence_interval": {**describe_ci(), "keys": "ours: clean_acc_ci_pct / robust_acc_ci_pct (percent)"},
+            "comparable_meaning": "ours: comparable_with_robustbench only for reference AutoAttack on the full test "
+                                  "set of exact images with sanity checks; otherwise the rank is indicative and "
+                                  "not_comparable_because says why; UNCHECKED results are never ranked",
             "rank_meaning": "ours: 1 + number of comparable leaderboard rows with strictly higher robust accuracy, "
                             "out of those rows plus this result (each result is ranked on its own)",
             "table_rows": f"top {self.top} by robust accuracy, plus Standard (undefended) and (PreAct)ResNet-18s",
@@ -430,7 +513,9 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
         "threat_model": {"dataset": c.threat.dataset, "norm": c.threat.norm, "eps": c.threat.eps,
                          "eps_text": c.threat.eps_text, "label": c.threat.label()},
         "leaderboard_metric": c.ranked[0].metric if c.ranked else None,
-        "ours": [{**r.to_json(), "rank": rank, "of": len(c.ranked) + 1} for r, rank in c.ours],
+        "ours": [{**r.to_json(), "rank": rank, "of": len(c.ranked) + 1,
+                  "comparable_with_robustbench": not r.robustbench_caveats(),
+                  "not_comparable_because": r.robustbench_caveats()} for r, rank in c.ours],
         "leaderboard": [{"rank": i + 1, **row.to_json(), "shown_in_table": row.model_id in c.shown,
                          "why_shown": c.shown.get(row.model_id)} for i, row in enumerate(c.ranked)],
         "excluded_leaderboard_rows": c.excluded,
@@ -447,6 +532,9 @@ def compare(ours: list[OurResult], rows: list[LeaderboardRow], top: int = 10, so
             (i for i, c in enumerate(classes) if c.matches(r.dataset, r.norm, r.eps)), None)
         if idx is None:
             not_comparable.append((r, _not_comparable_reason(r, classes)))
+        elif r.unchecked:
+            not_comparable.append((r, "UNCHECKED (--checks none): no sanity check vouches for this number; never "
+                                      "ranked beside checked results"))
         else:
             groups.setdefault(idx, []).append(r)
     if not groups:
@@ -469,6 +557,9 @@ def _refusal(ours: list[OurResult], not_comparable: list[tuple[OurResult, str]],
     parts = [f"nothing to compare: our threat model(s) {', '.join(mine)}" if mine else "nothing to compare"]
     if invalid:
         parts.append(f"{invalid} INVALID result(s) (valid: false)")
+    unchecked = sum(1 for r in ours if r.unchecked and not r.problem)
+    if unchecked:
+        parts.append(f"{unchecked} UNCHECKED result(s) (--checks none), never ranked")
     if other:
         parts.append(f"{len(other)} result(s) unusable ({other[0]})")
     available = ", ".join(c.label() for c in classes) or "none"
@@ -480,13 +571,21 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}%"
 
 
+def _with_ci(fraction: float | None, ci: list[float] | None) -> str:
+    """'85.20% [82.9, 87.3]': our accuracy with its 95% interval (the leaderboard's full test set has none shown)."""
+    return _fmt(_to_pct(fraction)) + (f" {format_ci(ci)}" if ci else "")
+
+
 def comparison_table(c: Comparison) -> Table:
     """Leaderboard rows (top-k, Standard, ResNet-18s) with ours in bold at their rank; gaps shown as '…'."""
     n = len(c.ranked)
     table = Table(title=f"{c.threat.label()}: RobustBench ({c.ranked[0].metric if n else 'metric'}) vs ours",
                   caption=_caption(c))
-    for col in ("rank", "model", "architecture / attack", "clean", "robust", "note"):
-        table.add_column(col, justify="right" if col in ("rank", "clean", "robust") else "left", overflow="fold")
+    for col in ("rank", "model", "architecture / suite", "AutoAttack", "n", "checks", "lossless", "clean", "robust",
+                "note"):
+        table.add_column(col, justify="right" if col in ("rank", "n", "lossless", "clean", "robust") else "left",
+                         overflow="fold")
+    gap = ("…",) + ("",) * 9
     entries: list[tuple[int, int, Any]] = [(i + 1, 1, row) for i, row in enumerate(c.ranked) if row.model_id in c.shown]
     entries += [(rank, 0, r) for r, rank in c.ours]  # ours sort before the leaderboard row it ties with
     entries.sort(key=lambda e: (e[0], e[1], -(e[2].robust_accuracy or 0) if e[1] == 0 else 0))
@@ -494,36 +593,43 @@ def comparison_table(c: Comparison) -> Table:
     for rank, kind, item in entries:
         above = rank - 1 if kind == 0 else rank  # ours at rank k sits below leaderboard rows 1..k-1
         if above > last + (kind == 1):
-            table.add_row("…", "", "", "", "", "")
+            table.add_row(*gap)
         last = max(last, above)
         if kind == 0:
-            table.add_row(f"#{rank}/{n + 1}", item.model, f"{item.label} (n={item.n or '?'})",
-                          _fmt(_to_pct(item.clean_accuracy)), _fmt(_to_pct(item.robust_accuracy)), "ours", style="bold")
+            caveats = item.robustbench_caveats()
+            table.add_row(f"({rank}/{n + 1})" if caveats else f"#{rank}/{n + 1}", item.model, *item.row_info(),
+                          _with_ci(item.clean_accuracy, item.clean_ci), _with_ci(item.robust_accuracy, item.robust_ci),
+                          "ours; NOT COMPARABLE: " + "; ".join(caveats) if caveats else "ours",
+                          style="bold yellow" if caveats else "bold")
         else:
             note = {"top": "", "undefended": "undefended", "ResNet-18 scale": "for scale"}[c.shown[item.model_id]]
             note = ", ".join(x for x in (note, "unreliable" if item.unreliable else "") if x)
-            table.add_row(str(rank), item.model_id, item.architecture, _fmt(item.clean_acc_pct),
-                          _fmt(item.robust_acc_pct), note)
+            table.add_row(str(rank), item.model_id, item.architecture, "reference", "full", "-", "-",
+                          _fmt(item.clean_acc_pct), _fmt(item.robust_acc_pct), note)
     if last < n:
-        table.add_row("…", "", "", "", "", "")
+        table.add_row(*gap)
     return table
 
 
 def _caption(c: Comparison) -> str:
     other = sum(1 for e in c.excluded if e["reason"] == "other eps")
     text = (f"{len(c.ranked)} comparable leaderboard rows (AutoAttack, full test set); ours: the named attack on the "
-            f"first n test images (an attack weaker than AutoAttack overstates robustness)")
+            f"first n test images (an attack weaker than AutoAttack overstates robustness); [lo, hi]: 95% "
+            f"Clopper-Pearson interval over our n points; a rank in parentheses is indicative only: that row is not "
+            f"comparable with RobustBench's (see its note)")
     return text + (f"; {other} leaderboard rows at another eps not comparable, left out" if other else "")
 
 
 def not_comparable_table(items: list[tuple[OurResult, str]]) -> Table:
     """Our rows that match no leaderboard threat model: shown apart, never ranked."""
     table = Table(title="not comparable (never ranked)")
-    for col in ("model", "attack", "threat model", "clean", "robust", "reason"):
-        table.add_column(col, justify="right" if col in ("clean", "robust") else "left", overflow="fold")
+    for col in ("model", "suite", "AutoAttack", "n", "checks", "lossless", "threat model", "clean", "robust", "reason"):
+        table.add_column(col, justify="right" if col in ("n", "lossless", "clean", "robust") else "left",
+                         overflow="fold")
     for r, reason in items:
-        table.add_row(r.model, r.label, r.threat_label(), _fmt(_to_pct(r.clean_accuracy)),
-                      _fmt(_to_pct(r.robust_accuracy)), reason, style="red" if not r.valid else None)
+        table.add_row(r.model, *r.row_info(), r.threat_label(), _with_ci(r.clean_accuracy, r.clean_ci),
+                      _with_ci(r.robust_accuracy, r.robust_ci), reason,
+                      style="red" if not r.valid or r.unchecked else None)
     return table
 
 

@@ -13,10 +13,15 @@ from typing import Any
 
 import torch
 
+from robust_uatt.evaluation.intervals import clopper_pearson
+from robust_uatt.evaluation.intervals import describe as describe_ci
+
 
 def monotone_curve(eps_list: list[float], raw: torch.Tensor, clean: torch.Tensor | None) -> dict[str, Any]:
-    """``raw`` (len(eps_list), n) bool: robust flags per radius, in the order of ``eps_list``; ``clean`` (n,)."""
+    """``raw`` (len(eps_list), n) bool: robust flags per radius, in the order of ``eps_list``; ``clean`` (n,).
+    Every accuracy comes with its 95% Clopper-Pearson interval (``*_ci``)."""
     order = sorted(range(len(eps_list)), key=lambda i: eps_list[i])
+    n = raw.shape[1]
     mono = raw.clone()
     running = torch.ones(raw.shape[1], dtype=torch.bool)
     for i in order:
@@ -29,4 +34,8 @@ def monotone_curve(eps_list: list[float], raw: torch.Tensor, clean: torch.Tensor
         "raw_monotone": all(float(raw[b].float().mean()) <= float(raw[a].float().mean()) + 1e-12
                             for a, b in zip(order, order[1:])),
         "per_example_raw": [r.int().tolist() for r in raw],
+        "clean_accuracy_ci": list(clopper_pearson(int(clean.sum()), n)) if clean is not None else None,
+        "robust_accuracy_ci": [list(clopper_pearson(int(m.sum()), n)) for m in mono],
+        "raw_robust_accuracy_ci": [list(clopper_pearson(int(r.sum()), n)) for r in raw],
+        "confidence_interval": describe_ci(),
     }

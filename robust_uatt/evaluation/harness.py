@@ -27,7 +27,10 @@ from torch import nn
 
 from robust_uatt.attacks import Attack
 from robust_uatt.data.datasets import Split, to_float
-from robust_uatt.evaluation.predict import predict, predict_labels
+from robust_uatt.evaluation.intervals import clopper_pearson
+from robust_uatt.evaluation.intervals import describe as describe_ci
+from robust_uatt.evaluation.judging import judge_correct
+from robust_uatt.evaluation.predict import correct
 from robust_uatt.utils.errors import UserError
 from robust_uatt.utils.files import read_json, write_json
 from robust_uatt.viz.progress import progress_bar
@@ -135,20 +138,21 @@ def _save_state(path: Path | None, key: str, clean: torch.Tensor, records: list[
 
 def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_size: int, device: torch.device,
               cascade: bool = True, uncascaded: frozenset[str] = frozenset(), state_path: Path | None = None,
-              config: dict[str, Any] | None = None, console: Console | None = None) -> SuiteOutcome:
+              config: dict[str, Any] | None = None, console: Console | None = None, draws: int = 1) -> SuiteOutcome:
     """Clean pass, then each attack on the points still unbroken (all clean-correct points if not ``cascade``).
 
     Attacks named in ``uncascaded`` (the paper-protocol attack) always see every clean-correct point, so their own
-    accuracy is the protocol's number and not an artefact of the cascade order.
+    accuracy is the protocol's number and not an artefact of the cascade order. Every judgement, clean and
+    adversarial, is a strict majority over ``draws`` passes (randomized models; see ``robust_uatt.evaluation.judging``).
     """
     model.eval()
     key = _config_key({"config": config or {}, "attacks": [a.describe() for a in attacks], "n": len(data),
-                       "cascade": cascade, "batch_size": batch_size})
+                       "cascade": cascade, "batch_size": batch_size, **({"draws": draws} if draws != 1 else {})})
     clean, records = _load_state(state_path, key, attacks)
     counter = PassCounter()
     with frozen_parameters(model), counter.attached(model), progress_bar(console) as progress:
         if clean is None:
-            clean = predict(model, data.x, batch_size, device) == data.y
+            clean = correct(model, data.x, data.y, batch_size, device, draws)
             _save_state(state_path, key, clean, records)
         for attack, rec in zip(attacks, records):
             if rec.done:
@@ -169,7 +173,7 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
                     continue
                 t0 = time.perf_counter()
                 f0, b0 = counter.forwards, counter.backwards
-                broken, linf, violation, flipped = _attack_batch(model, attack, data, idx, device)
+                broken, linf, violation, flipped = _attack_batch(model, attack, data, idx, device, draws)
                 rec.left_train_mode += int(flipped)
                 if violation:
                     rec.violations.append(f"batch {b}: {violation}")
@@ -186,8 +190,8 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
     return SuiteOutcome(clean, records)
 
 
-def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tensor,
-                  device: torch.device) -> tuple[list[int], float, str | None, bool]:
+def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tensor, device: torch.device,
+                  draws: int = 1) -> tuple[list[int], float, str | None, bool]:
     """Attack one batch; return the indices the harness verified as broken, the largest L-inf perturbation, and a
     violation (inputs outside [0,1] or the eps-ball, NaN): then nothing of the batch counts and the run is INVALID."""
     x = to_float(data.x[idx].to(device, non_blocking=True))
@@ -206,12 +210,13 @@ def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tens
         return [], linf, f"inputs outside [0, 1] (min {float(adv.min()):.4g}, max {float(adv.max()):.4g})", flipped
     if attack.bounded and linf > eps + 1e-6:
         return [], linf, f"left the eps-ball: |delta|_inf = {linf:.6g} > {eps:.6g}", flipped
-    fooled = (predict_labels(model, adv) != y).cpu()
+    fooled = (~judge_correct(model, adv, y, draws)).cpu()  # exact float32, on the batch the attack saw
     return idx[fooled].tolist(), linf, None, flipped
 
 
 def summarize(outcome: SuiteOutcome, paper_attack: str | None = None) -> dict[str, Any]:
-    """Headline numbers and one row per attack (cumulative robust accuracy after it)."""
+    """Headline numbers and one row per attack (cumulative robust accuracy after it), each accuracy with its 95%
+    Clopper-Pearson interval (``*_ci``, see ``robust_uatt.evaluation.intervals``)."""
     n = len(outcome.clean_correct)
     robust = outcome.clean_correct.clone()
     rows = []
@@ -219,12 +224,15 @@ def summarize(outcome: SuiteOutcome, paper_attack: str | None = None) -> dict[st
         robust[rec.broken] = False
         rows.append({**rec.info, "attacked": len(rec.attacked), "broken": len(rec.broken),
                      "robust_accuracy_after": float(robust.float().mean()) if n else float("nan"),
+                     "robust_accuracy_after_ci": list(clopper_pearson(int(robust.sum()), n)),
                      "seconds": rec.seconds, "forward_passes": rec.forwards, "backward_passes": rec.backwards,
                      "max_linf": rec.max_linf, "violations": rec.violations,
                      "left_train_mode": rec.left_train_mode})
     out: dict[str, Any] = {
         "n": n, "clean_accuracy": float(outcome.clean_correct.float().mean()),
         "robust_accuracy": float(robust.float().mean()), "attacks": rows,
+        "clean_accuracy_ci": list(clopper_pearson(int(outcome.clean_correct.sum()), n)),
+        "robust_accuracy_ci": list(clopper_pearson(int(robust.sum()), n)), "confidence_interval": describe_ci(),
         "seconds": sum(r.seconds for r in outcome.records),
         "forward_passes": sum(r.forwards for r in outcome.records),
         "backward_passes": sum(r.backwards for r in outcome.records),
@@ -234,5 +242,6 @@ def summarize(outcome: SuiteOutcome, paper_attack: str | None = None) -> dict[st
         paper_robust = outcome.clean_correct.clone()
         paper_robust[paper.broken] = False
         out["paper_protocol_accuracy"] = float(paper_robust.float().mean())
+        out["paper_protocol_accuracy_ci"] = list(clopper_pearson(int(paper_robust.sum()), n))
         out["overestimation"] = out["paper_protocol_accuracy"] - out["robust_accuracy"]
     return out

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from robust_uatt.data.datasets import to_float
+from robust_uatt.evaluation.judging import judge_correct
 
 
 @torch.inference_mode()
@@ -27,6 +28,24 @@ def predict(model: nn.Module, x_uint8: torch.Tensor, batch_size: int, device: to
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+@torch.inference_mode()
+def correct(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
+            draws: int = 1) -> torch.Tensor:
+    """Per image (N,) bool: classified correctly in a strict majority of ``draws`` passes, in exact float32 (the
+    harness's clean judgement; see ``robust_uatt.evaluation.judging``). The model's train/eval mode is restored
+    afterwards."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for i in range(0, len(x_uint8), batch_size):
+            xb = to_float(x_uint8[i:i + batch_size].to(device, non_blocking=True))
+            out.append(judge_correct(model, xb, y[i:i + batch_size].to(device), draws).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
 def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int,

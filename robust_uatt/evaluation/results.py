@@ -3,11 +3,12 @@
 
 JSON form (``to_json``; schema ``robust-uatt/results/1``, unchanged from earlier versions): model, suite, threat
 model (norm, eps in pixel [0, 1] units, steps, alpha), clean and robust accuracy over the first ``n`` test images
-(robust = worst case per example over every attack of the suite), one row per attack (attacked, broken, robust
-accuracy after it, seconds, forward/backward passes), the sanity checks and the valid/INVALID verdict, per-example
-flags, provenance (data, seed, device, command, versions). ``from_json`` reads any results.json, older or partial
-ones included: a missing or mistyped field takes its default and is listed in ``problems``; keys it does not know
-are kept in ``extra`` and written back unchanged.
+(robust = worst case per example over every attack of the suite) with their 95% Clopper-Pearson intervals
+(``*_ci``; evaluation/intervals.py), the passes per majority judgement (``judge_draws``), one row per attack
+(attacked, broken, robust accuracy after it, seconds, forward/backward passes), the sanity checks and the
+valid/INVALID verdict, per-example flags, provenance (data, seed, device, command, versions). ``from_json`` reads
+any results.json, older or partial ones included: a missing or mistyped field takes its default and is listed in
+``problems``; keys it does not know are kept in ``extra`` and written back unchanged.
 """
 
 from __future__ import annotations
@@ -45,15 +46,20 @@ class EvaluationResult:
     threat_model: dict[str, Any] = _typed(dict, {})  # norm, bounded, eps, eps_text, eps_units, steps, alpha, ...
     policy: str = _typed(str, "mean")
     eot: int = _typed(int, 1)
+    judge_draws: int = _typed(int, 1)  # passes per majority judgement (randomized models; evaluation/judging.py)
     cascade: bool = _typed(bool, True)
     n: int | None = _typed(int)
     clean_accuracy: float | None = _typed(NUMBER)
     robust_accuracy: float | None = _typed(NUMBER)
+    clean_accuracy_ci: list[float] | None = _typed(list)  # 95% Clopper-Pearson interval [lo, hi] over the n points
+    robust_accuracy_ci: list[float] | None = _typed(list)
+    confidence_interval: dict[str, Any] = _typed(dict, {})  # level, method, units of the *_ci fields
     attacks: list[dict[str, Any]] = _typed(list, [])  # one row per attack of the cascade
     seconds: float = _typed(NUMBER, 0.0)
     forward_passes: int = _typed(int, 0)
     backward_passes: int = _typed(int, 0)
     paper_protocol_accuracy: float | None = _typed(NUMBER)  # only with a paper-protocol attack in the suite
+    paper_protocol_accuracy_ci: list[float] | None = _typed(list)
     overestimation: float | None = _typed(NUMBER)  # paper protocol - worst case
     valid: bool = _typed(bool, True)
     invalid_reasons: list[str] = _typed(list, [])
@@ -77,7 +83,7 @@ class EvaluationResult:
             if "type" not in f.metadata:
                 continue
             value = getattr(self, f.name)
-            if f.name in ("paper_protocol_accuracy", "overestimation") and value is None:
+            if f.name in ("paper_protocol_accuracy", "paper_protocol_accuracy_ci", "overestimation") and value is None:
                 continue  # present only when the suite has a paper-protocol attack
             out[f.name] = value
         return {**out, **self.extra}

@@ -7,9 +7,16 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from robust_uatt.evaluation.intervals import format_ci, interval, pct_ci
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _ci(holder: dict[str, Any], key: str, n: int) -> str:
+    """The 95% interval of ``holder[key]`` as '[lo, hi]' in percent: the stored one, else computed from n."""
+    return format_ci(holder.get(f"{key}_ci") or interval(holder.get(key), n))
 
 
 def threat_model_text(tm: dict[str, Any]) -> str:
@@ -29,20 +36,24 @@ def attack_table(result: dict[str, Any]) -> Group:
     title = (f"{result['model']['name']} | {result['suite']['name']} | {threat_model_text(result['threat_model'])}"
              f" | n={result['n']}" + ("" if valid else "  [bold red]INVALID[/]"))
     table = Table(title=title)
-    for col in ("attack", "budget", "attacked", "broken", "robust after", "seconds", "fwd/bwd passes"):
+    n = result["n"]
+    for col in ("attack", "budget", "attacked", "broken", "robust after", "95% CI", "seconds", "fwd/bwd passes"):
         table.add_column(col, justify="left" if col in ("attack", "budget") else "right")
     for row in result["attacks"]:
         table.add_row(row["name"], _attack_budget(row), str(row["attacked"]), str(row["broken"]),
-                      _pct(row["robust_accuracy_after"]), f"{row['seconds']:.1f}",
-                      f"{row['forward_passes']}/{row['backward_passes']}")
+                      _pct(row["robust_accuracy_after"]), _ci(row, "robust_accuracy_after", n),
+                      f"{row['seconds']:.1f}", f"{row['forward_passes']}/{row['backward_passes']}")
     table.add_section()
-    table.add_row("[bold]clean[/]", "", "", "", _pct(result["clean_accuracy"]), "", "")
+    table.add_row("[bold]clean[/]", "", "", "", _pct(result["clean_accuracy"]), _ci(result, "clean_accuracy", n),
+                  "", "")
     robust = _pct(result["robust_accuracy"]) if valid else f"[red]INVALID ({_pct(result['robust_accuracy'])})[/]"
-    table.add_row("[bold]worst case[/]", "per example, over all attacks", "", "", robust, f"{result['seconds']:.1f}",
+    table.add_row("[bold]worst case[/]", "per example, over all attacks", "", "", robust,
+                  _ci(result, "robust_accuracy", n), f"{result['seconds']:.1f}",
                   f"{result['forward_passes']}/{result['backward_passes']}")
     if result.get("paper_protocol_accuracy") is not None:
-        table.add_row("paper protocol", "", "", "", _pct(result["paper_protocol_accuracy"]), "", "")
-        table.add_row("overestimation", "paper - worst case", "", "", _pct(result["overestimation"]), "", "")
+        table.add_row("paper protocol", "", "", "", _pct(result["paper_protocol_accuracy"]),
+                      _ci(result, "paper_protocol_accuracy", n), "", "")
+        table.add_row("overestimation", "paper - worst case", "", "", _pct(result["overestimation"]), "", "", "")
     checks = Table(title="sanity checks (details in results.md)")
     checks.add_column("check", no_wrap=True)
     checks.add_column("result", no_wrap=True)
@@ -63,19 +74,21 @@ def attack_markdown(result: dict[str, Any]) -> str:
         f"({100 * result['data']['lossless_fraction']:.1f}% lossless); policy {result['policy']}; seed "
         f"{result['seed']}; device {result['device']}.",
         "",
-        "| attack | budget | attacked | broken | robust after | seconds | forward / backward passes |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| attack | budget | attacked | broken | robust after | 95% CI | seconds | forward / backward passes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    n = result["n"]
     for row in result["attacks"]:
         lines.append(f"| {row['name']} | {_attack_budget(row)} | {row['attacked']} | {row['broken']} | "
-                     f"{_pct(row['robust_accuracy_after'])} | {row['seconds']:.1f} | "
-                     f"{row['forward_passes']} / {row['backward_passes']} |")
-    lines += ["", f"- clean accuracy: {_pct(result['clean_accuracy'])}",
-              f"- robust accuracy (worst case per example over the suite): {_pct(result['robust_accuracy'])}"
-              + ("" if result["valid"] else " — INVALID")]
+                     f"{_pct(row['robust_accuracy_after'])} | {_ci(row, 'robust_accuracy_after', n)} | "
+                     f"{row['seconds']:.1f} | {row['forward_passes']} / {row['backward_passes']} |")
+    lines += ["", f"- clean accuracy: {_pct(result['clean_accuracy'])} {_ci(result, 'clean_accuracy', n)}",
+              f"- robust accuracy (worst case per example over the suite): {_pct(result['robust_accuracy'])} "
+              f"{_ci(result, 'robust_accuracy', n)}" + ("" if result["valid"] else " — INVALID")]
     if result.get("paper_protocol_accuracy") is not None:
-        lines += [f"- paper protocol accuracy: {_pct(result['paper_protocol_accuracy'])}; overestimation "
-                  f"{_pct(result['overestimation'])}"]
+        lines += [f"- paper protocol accuracy: {_pct(result['paper_protocol_accuracy'])} "
+                  f"{_ci(result, 'paper_protocol_accuracy', n)}; overestimation {_pct(result['overestimation'])}"]
+    lines += [f"- [lo, hi]: 95% Clopper-Pearson intervals over the {n} points (binomial sampling error only)"]
     if result.get("checks"):
         lines += ["", "| check | result | detail |", "|---|---|---|"]
         for c in result["checks"]:
@@ -98,13 +111,23 @@ def zoo_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def curve_table(curve: dict[str, Any]) -> Table:
-    """Accuracy against eps: the monotone curve beside the raw per-eps values."""
-    table = Table(title=f"{curve['model']['name']}: accuracy vs eps ({curve['suite']}, n={curve['n']})")
-    for col in ("eps", "robust (monotone)", "raw"):
+    """Accuracy against eps: the monotone curve with its 95% interval beside the raw per-eps values; the verdict of
+    the sanity checks in the title, the clean accuracy in the caption."""
+    n = curve["n"]
+    title = (f"{curve['model']['name']}: accuracy vs eps ({curve['suite']}, n={n}, policy "
+             f"{curve.get('policy', 'mean')}, checks {curve.get('checks_level', 'none')})")
+    if curve.get("valid") is False:
+        title += "  [bold red]INVALID[/]: " + "; ".join(curve.get("invalid_reasons", []))
+    table = Table(title=title)
+    for col in ("eps", "robust (monotone)", "95% CI", "raw"):
         table.add_column(col, justify="right")
-    rows = zip(curve["eps_text"], curve["eps"], curve["robust_accuracy"], curve["raw_robust_accuracy"])
-    for text, e, r, raw in sorted(rows, key=lambda t: t[1]):
-        table.add_row(f"{text} ({e:.4g})", f"{100 * r:.2f}%", f"{100 * raw:.2f}%")
+    cis = curve.get("robust_accuracy_ci") or [interval(r, n) for r in curve["robust_accuracy"]]
+    rows = zip(curve["eps_text"], curve["eps"], curve["robust_accuracy"], cis, curve["raw_robust_accuracy"])
+    for text, e, r, ci, raw in sorted(rows, key=lambda t: t[1]):
+        table.add_row(f"{text} ({e:.4g})", f"{100 * r:.2f}%", format_ci(ci), f"{100 * raw:.2f}%")
+    clean_ci = curve.get("clean_accuracy_ci") or interval(curve.get("clean_accuracy"), n)
+    table.caption = (f"clean {pct_ci(curve.get('clean_accuracy'), clean_ci)}; [lo, hi]: 95% Clopper-Pearson "
+                     f"intervals over the {n} points")
     return table
 
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robust_uatt.attacks.base import Attack, register_attack
+from robust_uatt.attacks.base import Attack, register_attack, with_eot
 
 
 class TorchattacksAttack(Attack):
+    native_eot = False  # True: the attack averages EOT gradients itself (APGD's eot_iter)
+
     def build(self, model: nn.Module):
         raise NotImplementedError
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
         torch.manual_seed(self.budget.seed * 1_000_003 + int(index[0]))  # per batch: its first example's position
-        attack = self.build(model)
+        attack = self.build(model if self.native_eot else with_eot(model, self.budget.eot))
         attack.set_model_training_mode(model_training=False)  # never flip the model into train mode
         return attack(x, y)
 
@@ -51,6 +53,7 @@ class TAAPGDCE(TorchattacksAttack):
     description = "Auto-PGD, CE loss (torchattacks.APGD)"
     default_steps = 50
     loss = "ce"
+    native_eot = True
 
     def build(self, model):
         import torchattacks
@@ -85,7 +88,7 @@ class TACW(TorchattacksAttack):
 class TASquare(TorchattacksAttack):
     name = "square"
     white_box = False
-    description = "Square attack, score-based black-box (torchattacks.Square)"
+    description = "Square attack, score-based black-box (torchattacks.Square); EOT-averaged logits with --eot"
     default_steps = 5000
     steps_meaning = "queries"
 
