@@ -51,15 +51,38 @@ DATASETS: dict[str, DatasetInfo] = {
                                  (0.2860,), (0.3530,)),
     # Generated from MNIST in memory (robust_uatt.data.cluttered); the recipe's [data] table sets canvas and clutter.
     "cluttered-mnist": DatasetInfo("cluttered-mnist", (1, 100, 100), 10, "MNIST", "MNIST", (0.0,), (1.0,)),
+    # Sequence datasets (Table 3): labels (N, max_digits + 1), classes 0-9 + the terminal 10 (data.multidigit).
+    # multidigit-mnist is generated from MNIST in memory; multidigit-svhn reads SVHN's format 1 (data.svhn).
+    "multidigit-mnist": DatasetInfo("multidigit-mnist", (1, 54, 54), 11, "MNIST", "MNIST", (0.0,), (1.0,)),
+    "multidigit-svhn": DatasetInfo("multidigit-svhn", (3, 54, 54), 11, "", "svhn",
+                                   (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
 }
-DERIVED = {"cluttered-mnist": "mnist"}
+DERIVED = {"cluttered-mnist": "mnist", "multidigit-mnist": "mnist"}
+SEQUENCE_DATASETS = ("multidigit-mnist", "multidigit-svhn")
+_DEFAULT_CANVAS = {"cluttered-mnist": 100, "multidigit-mnist": 64, "multidigit-svhn": 64}
+
+
+def canvas_size(name: str, params: dict | None) -> int:
+    """The generated canvas side: the recipe's [data] canvas, or the dataset's own default when it says 0."""
+    return int((params or {}).get("canvas") or _DEFAULT_CANVAS[name])
 
 
 def dataset_shape(name: str, params: dict | None = None) -> tuple[int, int, int]:
     """(C, H, W) of a dataset; generated ones take their size from the recipe's [data] table."""
     if name == "cluttered-mnist" and params:
-        return (1, int(params.get("canvas", 100)), int(params.get("canvas", 100)))
+        side = canvas_size(name, params)
+        return (1, side, side)
+    if name in SEQUENCE_DATASETS and params:
+        side = int(params.get("crop", 54))
+        return (DATASETS[name].shape[0], side, side)
     return DATASETS[name].shape
+
+
+def sequence_length(name: str, params: dict | None = None) -> int | None:
+    """Labels per image of a sequence dataset (max_digits + 1: the digits and the terminal); None for the others."""
+    if name not in SEQUENCE_DATASETS:
+        return None
+    return int((params or {}).get("max_digits", 5)) + 1
 
 
 @dataclass
@@ -197,6 +220,10 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     """
     if name not in DATASETS:
         raise unknown_name("dataset", name, DATASETS)
+    if name == "multidigit-svhn":
+        from robust_uatt.data.svhn import load_svhn_split
+
+        return load_svhn_split(resolve_data_dir(data_dir), split, params or {})
     if name in DERIVED:
         return _generate(name, split, load_split(DERIVED[name], split, data_dir, download), params or {})
     if split not in ("train", "test"):
@@ -234,15 +261,34 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
 
 
 def _generate(name: str, split: str, base: Split, params: dict) -> Split:
+    if name == "multidigit-mnist":
+        return _generate_multidigit(split, base, params)
     from robust_uatt.data.cluttered import make_cluttered
 
-    canvas, pieces = int(params.get("canvas", 100)), int(params.get("pieces", 10))
+    canvas, pieces = canvas_size(name, params), int(params.get("pieces", 10))
     piece_size = int(params.get("piece_size", 8))
     # The test split gets its own seed stream, so train and test clutter never coincide.
     seed = int(params.get("clutter_seed", 0)) * 2 + (split == "test")
     x, y = make_cluttered(base.x[:, 0], base.y, canvas=canvas, pieces=pieces, piece_size=piece_size, seed=seed)
     source = f"{base.source} -> cluttered(canvas={canvas}, pieces={pieces}, piece={piece_size}, seed={seed})"
     return Split(x.unsqueeze(1).contiguous(), y.long(), source, base.lossless)
+
+
+def _generate_multidigit(split: str, base: Split, params: dict) -> Split:
+    """As many multi-digit images as the MNIST split has digits, drawn from that split's digits only."""
+    from robust_uatt.data.multidigit import make_multidigit
+
+    canvas, crop = canvas_size("multidigit-mnist", params), int(params.get("crop", 54))
+    lo, hi = int(params.get("min_digits", 1)), int(params.get("max_digits", 5))
+    seed = int(params.get("digits_seed", 0)) * 2 + (split == "test")  # train and test never share a layout stream
+    try:
+        x, y = make_multidigit(base.x[:, 0], base.y, n=len(base), canvas=canvas, crop=crop, min_digits=lo,
+                               max_digits=hi, train=(split == "train"), seed=seed)
+    except ValueError as e:
+        raise UserError(f"multidigit-mnist: {e}") from None
+    source = (f"{base.source} -> multidigit(canvas={canvas}, crop={crop}, digits={lo}..{hi}, "
+              f"{'random' if split == 'train' else 'central'} crops, seed={seed})")
+    return Split(x.unsqueeze(1).contiguous(), y, source)
 
 
 def _download(root: Path, info: DatasetInfo, split: str) -> Split:

@@ -17,7 +17,8 @@ B = TypeVar("B", bound=Builder)
 
 MODELS: dict[str, Builder] = {}
 CONFIGS: dict[str, type] = {}  # architecture -> its config dataclass, where it has one
-DATASET_KEYWORDS = frozenset({"num_classes", "in_channels", "image_size", "mean", "std"})
+# From the dataset, never from a recipe; ``positions`` (labels per image) only for sequence models and datasets.
+DATASET_KEYWORDS = frozenset({"num_classes", "in_channels", "image_size", "mean", "std", "positions"})
 
 
 def register_model(name: str, config: type | None = None) -> Callable[[B], B]:
@@ -39,8 +40,13 @@ def builder_params(arch: str) -> dict[str, inspect.Parameter]:
     return {k: p for k, p in inspect.signature(MODELS[arch]).parameters.items() if k not in DATASET_KEYWORDS}
 
 
+def predicts_sequences(arch: str) -> bool:
+    """Whether ``arch`` reads label sequences (its builder takes ``positions``, injected from the dataset)."""
+    return "positions" in inspect.signature(MODELS[arch]).parameters
+
+
 def list_architectures() -> list[str]:
     return sorted(MODELS)
 
 
-__all__ = ["MODELS", "CONFIGS", "register_model", "builder_params", "list_architectures"]
+__all__ = ["MODELS", "CONFIGS", "register_model", "builder_params", "predicts_sequences", "list_architectures"]

@@ -18,8 +18,8 @@ from typing import Any
 from torch import nn
 
 from robust_uatt.data.config import DataConfig
-from robust_uatt.data.datasets import DATASETS, dataset_shape
-from robust_uatt.models.registry import MODELS, builder_params
+from robust_uatt.data.datasets import DATASETS, SEQUENCE_DATASETS, dataset_shape, sequence_length
+from robust_uatt.models.registry import MODELS, builder_params, predicts_sequences
 from robust_uatt.training.config import TrainConfig
 from robust_uatt.utils import toml
 from robust_uatt.utils.config import from_table, schema
@@ -110,6 +110,17 @@ def _same_kind(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def _check_labels(arch: str, dataset: str, where: str) -> None:
+    """A sequence model needs a sequence dataset and a classifier a class dataset: say so at recipe load."""
+    seq_data, seq_model = dataset in SEQUENCE_DATASETS, predicts_sequences(arch)
+    if seq_data and not seq_model:
+        raise UserError(f"{where}: {dataset} has digit-sequence labels; arch '{arch}' predicts one class (use "
+                        f"{' or '.join(a for a in sorted(MODELS) if predicts_sequences(a))})")
+    if seq_model and not seq_data:
+        raise UserError(f"{where}: arch '{arch}' predicts digit sequences; {dataset} has one class per image (use "
+                        f"{' or '.join(SEQUENCE_DATASETS)})")
+
+
 def _validate(raw: dict[str, Any], name: str, where: str) -> Recipe:
     for key in raw:
         if key not in TOP_KEYS:
@@ -124,8 +135,12 @@ def _validate(raw: dict[str, Any], name: str, where: str) -> Recipe:
             raise UserError(f"{where}: [train] {key} must be > 0, got {train[key]}")
     if train["lr"] <= 0:
         raise UserError(f"{where}: [train] lr must be > 0, got {train['lr']}")
+    model = _check_model(raw.get("model"), where)
+    _check_labels(model["arch"], dataset, where)
+    if data["min_digits"] > data["max_digits"]:
+        raise UserError(f"{where}: [data] min_digits {data['min_digits']} exceeds max_digits {data['max_digits']}")
     return Recipe(name=name, description=str(raw.get("description", "")), dataset=dataset,
-                  model=_check_model(raw.get("model"), where), data=data, train=train,
+                  model=model, data=data, train=train,
                   paper=str(raw.get("paper", "")), source=where)
 
 
@@ -161,6 +176,9 @@ def create_model(recipe: Recipe) -> nn.Module:
     kwargs = {k: tuple(v) if isinstance(v, list) and isinstance(params[k].default, tuple) else v
               for k, v in kwargs.items()}
     c, h, _ = dataset_shape(recipe.dataset, recipe.data)
+    length = sequence_length(recipe.dataset, recipe.data)
+    if length is not None:
+        kwargs["positions"] = length
     try:
         return MODELS[recipe.model["arch"]](num_classes=info.num_classes, in_channels=c, image_size=h,
                                                   mean=info.mean, std=info.std, **kwargs)
