@@ -15,9 +15,10 @@ Objective (Eq. 14 for sequences; ``SequenceUATT.objective``):
     total = CE(labels) + beta1 CE_context + beta2 (-J) + MSE(b, R) + Q loss
 - CE(labels): cross-entropy of every label position that counts (the digits and the terminal; ``IGNORE`` after it),
   summed over positions and averaged over the batch: the negative log-likelihood of the whole sequence.
-- Context (Eq. 11) per position s: C_s = sum over the glimpses t of group s of alpha_{t, y_s} H_t, z_s = f_c(C_s),
-  and CE(z_s, y_s) counted like the labels. (The single-label model sums over all T glimpses for its one label; here
-  each label has its own group of glimpses.)
+- Context (Eq. 11) per position s: C_s = sum over the glimpses t of group s of w_t H_t, with w_t = alpha_{t, y_s}
+  normalized to sum to one over the group and detached (see ``_context_logits``: the raw weights leak the label),
+  z_s = f_c(C_s), and CE(z_s, y_s) counted like the labels. (The single-label model sums over all T glimpses for its
+  one label; here each label has its own group of glimpses.)
 - REINFORCE (Eq. 12-13) with R = 1 iff the *whole sequence* is right (Algorithm 1, line 16), the same R for the
   baseline regression and the top-down Q-learner's reward.
 
@@ -255,12 +256,23 @@ class SequenceUATT(nn.Module):
         return out
 
     def _context_logits(self, r: SequenceRollout, y: Tensor) -> Tensor:
-        """Eq. 11 per label position: z_s = f_c(sum_{t in group s} alpha_{t, y_s} H_t) -> (B, K, S)."""
+        """Eq. 11 per label position: z_s = f_c(sum_{t in group s} w_t H_t) -> (B, K, S), where the weights
+        w_t = alpha_{t, y_s} / sum_{t' in group s} alpha_{t', y_s} sum to one (the paper: "the weight alpha_t (which
+        sums to one)") and are detached.
+
+        Why both: C = alpha_{t,y} H_t with raw weights carries the label in its *scale* (alpha_{t,y} is a known
+        function of H_t and y), so f_c can read y back from |C| / |H_t|, and the gradient through alpha pushes the
+        classifier towards label-coded probabilities instead of correct ones. On the 2-digit toy problem of
+        tests/test_sequence.py the raw form drove the context loss to 0.5 while the digit loss stayed at chance;
+        normalized, detached weights remove the scale channel (a single glimpse per label gets w = 1: C = H_t).
+        """
         t, b, k = r.step_logits.shape
         s, g = self.positions, self.per_label
-        alpha = F.softmax(r.step_logits, dim=-1).view(s, g, b, k)
+        alpha = F.softmax(r.step_logits.detach(), dim=-1).view(s, g, b, k)
         target = y.clamp(min=0).t().reshape(s, 1, b, 1).expand(s, g, b, 1)  # IGNORE positions: any class (unused)
-        context = (alpha.gather(-1, target) * r.hidden.view(s, g, b, -1)).sum(1)  # (S, B, D)
+        weight = alpha.gather(-1, target)
+        weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-12)
+        context = (weight * r.hidden.view(s, g, b, -1)).sum(1)  # (S, B, D)
         return self.context_head(context).permute(1, 2, 0)
 
     # ------------------------------------------------------------------------------------------------ objective
