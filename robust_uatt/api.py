@@ -37,6 +37,7 @@ from robust_uatt.evaluation.harness import SuiteOutcome, run_suite, summarize
 from robust_uatt.evaluation.results import RESULTS_FILE, EvaluationResult
 from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite, suite_names
 from robust_uatt.models.shipped import shipped_dir, weights_origin
+from robust_uatt.models.outputs import decide, is_sequence
 from robust_uatt.models.zoo import count_params, create_model, load_recipe, load_trained, recipe_names
 from robust_uatt.training.loop import CHECKPOINT, CONFIG, WEIGHTS
 from robust_uatt.training.loop import train as train_recipe
@@ -268,6 +269,7 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
     data = _data(origin, x, y, n if n is not None else (None if x is not None else 1000), data_dir, download)
     num_classes = DATASETS[origin.dataset].num_classes if origin.dataset in DATASETS else _num_classes(model, data)
     built = _build_attacks(plan, num_classes, eot or (8 if stochastic else 1), device, runs_dir)
+    _check_sequence_support(built, data)
     if save or out is not None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         out = Path(out) if out is not None else \
@@ -281,6 +283,17 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
             result.save(out)
         return result
     return _run(model, data, plan, built, origin, num_classes, device, state_dir, console, command)
+
+
+def _check_sequence_support(attacks: list[Attack], data: Split) -> None:
+    """Sequence labels (N, S) need attacks that judge whole sequences (``Attack.sequences``); say which do not."""
+    if not is_sequence(data.y):
+        return
+    refused = [a.name for a in attacks if not a.sequences]
+    if refused:
+        able = sorted(name for name, cls in ATTACKS.items() if cls.sequences)
+        raise UserError(f"{', '.join(refused)} cannot attack a sequence model (its library assumes one class per "
+                        f"image); use {', '.join(able)}")
 
 
 def _data(origin: ModelOrigin, x: torch.Tensor | None, y: torch.Tensor | None, n: int | None,
@@ -563,7 +576,7 @@ def draw_glimpses(model: nn.Module, out: str | Path, *, n: int = 8, policy: str 
     x = to_float(data.x.to(device_))
     with torch.inference_mode():
         trace = model.trace(x)
-        preds = model(x).argmax(1).cpu()
+        preds = decide(model(x)).cpu()
     trace = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in trace.items()}
     plot_glimpses(x.cpu(), trace, out, labels=data.y, preds=preds,
                   title=f"{origin.info['name']} ({policy} policy), first {len(data)} test images")

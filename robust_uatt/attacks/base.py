@@ -54,6 +54,9 @@ class Attack:
     steps_meaning: ClassVar[str] = "iterations"
     options: ClassVar[dict[str, Any]] = {}  # accepted options and their defaults
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # the values a text option may take
+    # Whether the attack handles sequence models (logits (B, K, S), labels (B, S); models.outputs): our own loops do,
+    # the library adapters assume (B, K) logits and are refused for them.
+    sequences: ClassVar[bool] = False
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget

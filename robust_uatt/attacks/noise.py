@@ -14,6 +14,7 @@ from robust_uatt.evaluation.judging import correct_votes
 class UniformNoise(Attack):
     name = "noise"
     white_box = False
+    sequences = True
     description = ("uniform noise in the eps-ball; a point is broken if any draw fools the model (with --eot k: "
                    "fools a majority of k passes)")
     default_steps = 100

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from robust_uatt.attacks.base import Attack, attack_mode, has_top_down, per_example_uniform, register_attack
 from robust_uatt.evaluation.judging import correct_votes
+from robust_uatt.models.outputs import margin, position_margins
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]  # (model, x, y) -> (loss sum, logits)
 Judge = Callable[[Tensor], Tensor]  # x -> logits of the model as deployed (one draw)
@@ -36,15 +37,16 @@ STOP_MARGIN_FLOOR = 1e-3  # ... and at least this much (logits in float32 carry 
 
 
 def logit_margin(logits: Tensor, y: Tensor) -> Tensor:
-    """max_{j != y} z_j - z_y per example (N,): positive iff misclassified."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return others.amax(1) - true
+    """max_{j != y} z_j - z_y per example (N,): positive iff misclassified (for a sequence model: the largest margin
+    over the label positions that count, see ``models.outputs.margin``)."""
+    return margin(logits, y)
 
 
 def stop_threshold(logits: Tensor, stop_margin: float) -> Tensor:
     """The margin (N,) an early-stopped point must exceed: relative to its logit range, with a floor."""
     spread = (logits.amax(1) - logits.amin(1)).abs()
+    if spread.dim() == 2:  # sequence logits (N, K, S): the widest position sets the scale
+        spread = spread.amax(1)
     return (stop_margin * spread).clamp_min(STOP_MARGIN_FLOOR)
 
 
@@ -80,6 +82,8 @@ def dlr_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     logits = model(x)
     ranked = logits.sort(1).values
     spread = ranked[:, -1] - ranked[:, max(0, logits.shape[1] - 3)]
+    if logits.dim() == 3:  # sequences: the ratio per position, the largest over the positions that count
+        return (position_margins(logits, y) / (spread + 1e-12)).amax(1).sum(), logits
     return (logit_margin(logits, y) / (spread + 1e-12)).sum(), logits
 
 
@@ -157,6 +161,7 @@ class PGDBase(Attack):
     """Our loop with random start, restarts and EOT; subclasses pick the loss and model switches."""
 
     default_steps = 30
+    sequences = True
     options = {"restarts": 1, "random_start": True, "early_stop": True, "stop_margin": STOP_MARGIN, "loss": "ce"}
     choices = {"loss": tuple(LOSSES)}
 

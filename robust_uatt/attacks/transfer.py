@@ -14,6 +14,7 @@ from robust_uatt.utils.errors import UserError
 class Transfer(Attack):
     name = "transfer"
     white_box = False
+    sequences = True
     description = ("PGD-CE on a source model, evaluated on the target (black-box transfer); of the source's iterates, "
                    "the one that does best on the target is kept (one target query per step)")
     default_steps = 30

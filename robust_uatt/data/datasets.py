@@ -221,9 +221,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     if name not in DATASETS:
         raise unknown_name("dataset", name, DATASETS)
     if name == "multidigit-svhn":
-        from robust_uatt.data.svhn import load_svhn_split
-
-        return load_svhn_split(resolve_data_dir(data_dir), split, params or {})
+        return _load_svhn(resolve_data_dir(data_dir), split, params or {})
     if name in DERIVED:
         return _generate(name, split, load_split(DERIVED[name], split, data_dir, download), params or {})
     if split not in ("train", "test"):
@@ -272,6 +270,16 @@ def _generate(name: str, split: str, base: Split, params: dict) -> Split:
     x, y = make_cluttered(base.x[:, 0], base.y, canvas=canvas, pieces=pieces, piece_size=piece_size, seed=seed)
     source = f"{base.source} -> cluttered(canvas={canvas}, pieces={pieces}, piece={piece_size}, seed={seed})"
     return Split(x.unsqueeze(1).contiguous(), y.long(), source, base.lossless)
+
+
+def _load_svhn(root: Path, split: str, params: dict) -> Split:
+    from robust_uatt.data.svhn import load_svhn
+
+    x, y, source = load_svhn(root, split, canvas=canvas_size("multidigit-svhn", params),
+                             crop=int(params.get("crop", 54)), max_digits=int(params.get("max_digits", 5)),
+                             extra=bool(params.get("svhn_extra", False)),
+                             seed=int(params.get("digits_seed", 0)) * 2 + (split == "test"))
+    return Split(x, y, source)
 
 
 def _generate_multidigit(split: str, base: Split, params: dict) -> Split:

@@ -129,25 +129,21 @@ def window(images: torch.Tensor, size: int, train: bool, seed: int) -> torch.Ten
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def load_svhn_split(root: Path, split: str, params: dict) -> "Split":  # noqa: F821 - datasets.Split, import cycle
-    """The 'train' or 'test' split of multidigit-svhn as an in-memory Split (uint8 (N, 3, crop, crop), labels (N, S))."""
-    from robust_uatt.data.datasets import Split, canvas_size
-
+def load_svhn(root: Path, split: str, *, canvas: int, crop: int, max_digits: int, extra: bool,
+              seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The 'train' or 'test' split: (images uint8 (N, 3, crop, crop), labels (N, max_digits + 1), source text)."""
     if split not in ("train", "test"):
         raise UserError(f"unknown split '{split}' (train or test)")
-    canvas, crop = canvas_size("multidigit-svhn", params), int(params.get("crop", 54))
-    max_digits = int(params.get("max_digits", 5))
     folders = [_folder(root, split)]
-    if split == "train" and params.get("svhn_extra"):
+    if split == "train" and extra:
         folders.append(_folder(root, "extra"))
     parts = [read_folder(f, canvas, max_digits) for f in folders]
     x = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2).contiguous()
     digits = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     counts = torch.from_numpy(np.concatenate([p[2] for p in parts]))
-    seed = int(params.get("digits_seed", 0)) * 2 + (split == "test")
     x = window(x, crop, split == "train", seed)
     dropped = sum(p[3] for p in parts)
     source = (f"svhn-format1:{'+'.join(str(f) for f in folders)} -> {canvas}x{canvas} around the digits -> "
               f"{'random' if split == 'train' else 'central'} {crop}x{crop} (seed {seed}); {dropped} images with "
               f"more than {max_digits} digits dropped")
-    return Split(x, sequence_labels(digits, counts, max_digits), source)
+    return x, sequence_labels(digits, counts, max_digits), source

@@ -24,6 +24,7 @@ from robust_uatt.attacks import build_attack
 from robust_uatt.data.datasets import Split, to_float
 from robust_uatt.evaluation.harness import SuiteOutcome, frozen_parameters
 from robust_uatt.evaluation.predict import predict_labels
+from robust_uatt.models.outputs import hits
 
 SUBSET = 64  # points the model-level checks look at: enough to detect, cheap enough to always run
 BLACK_BOX_MARGIN = 0.002  # 0.2 points
@@ -63,8 +64,9 @@ def check_model(model: nn.Module, data: Split, clean: torch.Tensor, *, num_class
         checks.append(Check("deterministic (5 passes)", same, True, "5 forward passes give identical outputs" if same
                             else "outputs differ between passes: randomized model, gradients are stochastic"))
     out = outs[0].float()
-    probs = bool(((out >= 0) & (out <= 1)).all() and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-3))
-    logprobs = bool((out <= 0).all() and torch.allclose(out.logsumexp(1), torch.zeros(len(out)), atol=1e-3))
+    total, log_total = out.sum(1), out.logsumexp(1)  # over the classes: (B,), or (B, S) for sequence logits
+    probs = bool(((out >= 0) & (out <= 1)).all() and torch.allclose(total, torch.ones_like(total), atol=1e-3))
+    logprobs = bool((out <= 0).all() and torch.allclose(log_total, torch.zeros_like(log_total), atol=1e-3))
     checks.append(Check("logits, not softmax", not (probs or logprobs), True,
                         "outputs look like logits" if not (probs or logprobs) else
                         "outputs are (log-)probabilities: CE on them saturates and hides gradients; return logits"))
@@ -77,7 +79,7 @@ def check_model(model: nn.Module, data: Split, clean: torch.Tensor, *, num_class
                         + (" (gradient masking: use BPDA or gradient-free attacks)" if zero > 0 else "")))
     if bool(clean[idx].all()):
         with torch.inference_mode():
-            kept = float((predict_labels(model, x) == y).float().mean())  # these points were correct in the clean pass
+            kept = float(hits(predict_labels(model, x), y).float().mean())  # these points were correct in the clean pass
         checks.append(Check("eps = 0 gives clean", kept == 1.0, True,
                             "unperturbed inputs keep their clean predictions" if kept == 1.0 else
                             f"{100 * (1 - kept):.1f}% of clean-correct points change prediction on a second pass"))
@@ -86,7 +88,7 @@ def check_model(model: nn.Module, data: Split, clean: torch.Tensor, *, num_class
     pgd = build_attack("pgd-ce", eps=1.0, steps=20, seed=seed, options={"restarts": 1})
     with frozen_parameters(model):
         adv = pgd(model, x, y, idx)
-        acc = float((predict_labels(model, adv) == y).float().mean())
+        acc = float(hits(predict_labels(model, adv), y).float().mean())
     broken_all = acc <= 1.0 / num_classes
     detail = f"PGD-20 in the full [0,1] box leaves {100 * acc:.1f}% accuracy (must be <= {100 / num_classes:.1f}%)"
     checks.append(Check("eps = 1 breaks everything", broken_all, True,
@@ -131,8 +133,8 @@ def check_budget(model: nn.Module, data: Split, outcome: SuiteOutcome, *, eps: f
     strong = build_attack("pgd-ce", eps=eps, steps=2 * steps, seed=seed + 1, eot=2 * eot if eot > 1 else 1)
     half = build_attack("pgd-ce", eps=eps / 2, steps=steps, seed=seed + 2, eot=eot)
     with frozen_parameters(model):
-        more = int((predict_labels(model, strong(model, x, y, idx)) != y).sum())
-        at_half = int((predict_labels(model, half(model, x, y, idx)) != y).sum())
+        more = int((~hits(predict_labels(model, strong(model, x, y, idx)), y)).sum())
+        at_half = int((~hits(predict_labels(model, half(model, x, y, idx)), y)).sum())
     return [Check("doubling steps changes < 1 point", more / n < STEPS_MARGIN, True,
                   f"PGD with {2 * steps} steps{' and 2x EOT' if eot > 1 else ''} broke {more} more of {n} points "
                   f"({100 * more / n:.2f} points)"),

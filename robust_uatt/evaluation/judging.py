@@ -18,6 +18,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from robust_uatt.models.outputs import correct
+
 Logits = Callable[[Tensor], Tensor]
 
 
@@ -35,10 +37,10 @@ def exact_float32() -> Iterator[None]:
 
 @torch.no_grad()
 def correct_votes(model: Logits, x: Tensor, y: Tensor, draws: int = 1) -> Tensor:
-    """How many of ``draws`` passes classify each point correctly: (N,) int."""
+    """How many of ``draws`` passes classify each point correctly (a sequence: every digit and the length): (N,)."""
     votes = torch.zeros(len(x), dtype=torch.long, device=y.device)
     for _ in range(draws):
-        votes += (model(x).argmax(1) == y).long()
+        votes += correct(model(x), y).long()
     return votes
 
 

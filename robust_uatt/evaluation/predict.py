@@ -7,12 +7,14 @@ from torch import nn
 
 from robust_uatt.data.datasets import to_float
 from robust_uatt.evaluation.judging import judge_correct
+from robust_uatt.models.outputs import decide, hits
 
 
 @torch.inference_mode()
 def predict_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Predicted labels (B,) of one float batch in [0, 1], as the model is (its mode untouched), without autograd."""
-    return model(x).argmax(1)
+    """Predicted labels (B,) -- or decoded sequences (B, S) -- of one float batch in [0, 1], as the model is (its mode
+    untouched), without autograd."""
+    return decide(model(x))
 
 
 @torch.inference_mode()
@@ -52,4 +54,4 @@ def accuracy(model: nn.Module, x_uint8: torch.Tensor, y: torch.Tensor, batch_siz
              device: torch.device) -> float:
     if len(y) == 0:
         return float("nan")
-    return float((predict(model, x_uint8, batch_size, device) == y).float().mean())
+    return float(hits(predict(model, x_uint8, batch_size, device), y).float().mean())  # whole sequences

@@ -45,9 +45,28 @@ def correct(logits: Tensor, y: Tensor) -> Tensor:
     return hits(decide(logits), y)
 
 
+def position_margins(logits: Tensor, y: Tensor) -> Tensor:
+    """Sequence logits (B, K, S), labels (B, S) -> per position max_{j != y_s} z_{j,s} - z_{y_s,s} (B, S), -inf where
+    the label is ``IGNORE`` (after the terminal)."""
+    target = y.clamp(min=0)[:, None, :]
+    true = logits.gather(1, target).squeeze(1)
+    others = logits.scatter(1, target, float("-inf"))
+    return (others.amax(1) - true).masked_fill(y == IGNORE, float("-inf"))
+
+
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """max_{j != y} z_j - z_y per example (B,): positive iff the prediction is wrong. For a sequence, the largest
+    margin over the positions that count (the digits and the terminal): the sequence is wrong iff one of them is."""
+    if logits.dim() == 3:
+        return position_margins(logits, y).amax(1)
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return others.amax(1) - true
+
+
 def is_sequence(y: Tensor) -> bool:
     """Sequence labels are (N, S); class labels (N,)."""
     return y.dim() == 2
 
 
-__all__ = ["IGNORE", "decide", "hits", "correct", "is_sequence"]
+__all__ = ["IGNORE", "decide", "hits", "correct", "margin", "position_margins", "is_sequence"]

@@ -36,6 +36,7 @@ from torch import nn
 
 from robust_uatt.data.datasets import Split, augment_crop_flip, load_split, to_float
 from robust_uatt.evaluation.predict import accuracy
+from robust_uatt.models.outputs import correct
 from robust_uatt.models.zoo import Recipe, create_model
 from robust_uatt.training.card import config_versions, write_model_card
 from robust_uatt.training.checkpoint import (
@@ -316,7 +317,7 @@ def train_step(run: Run, state: TrainState, train_set: Split, idx: torch.Tensor,
             logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=t["label_smoothing"])
             terms = {}
-            batch_correct = float((logits.argmax(1) == yb).sum())
+            batch_correct = float(correct(logits, yb).sum())  # whole sequences for a sequence model
     if not torch.isfinite(loss):
         ckpt = run.run_dir / CHECKPOINT
         raise TrainingDiverged(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+from itertools import takewhile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,10 +36,14 @@ def _to_pixels(u: np.ndarray, size: int) -> np.ndarray:
     return (u + 1.0) / 2.0 * size - 0.5
 
 
-def _label(value: Any, i: int) -> int | None:
+def _label(value: Any, i: int) -> int | str | None:
+    """The class of example i, or its digit sequence as text up to the terminal (sequence labels, Table 3)."""
     if value is None:
         return None
-    return int(value[i])
+    row = value[i]
+    if getattr(row, "ndim", 0) == 1:
+        return "".join(str(d) for d in takewhile(lambda d: 0 <= d <= 9, row.tolist()))
+    return int(row)
 
 
 def plot_glimpses(
