@@ -33,10 +33,12 @@ def to_fp16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _count_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> int:
+    from robust_uatt.models.outputs import correct as right
+
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(x), batch):
-            correct += int((model(to_float(x[i:i + batch])).argmax(1) == y[i:i + batch]).sum())
+            correct += int(right(model(to_float(x[i:i + batch])), y[i:i + batch]).sum())  # classes or sequences
     return correct
 
 
