@@ -74,6 +74,15 @@ def test_evaluate_runs_the_checks_and_refuses_library_adapters(toy_model) -> Non
             ru.evaluate(model, data.x, data.y, eps=0.3, attacks=[name], device="cpu")
 
 
+def test_the_sequence_suite_runs_every_attack_it_names(toy_model) -> None:
+    model, data = toy_model
+    result = ru.evaluate(model, data.x[:16], data.y[:16], eps=0.3, suite="sequence", checks="none", device="cpu")
+    names = [row["name"] for row in result.attacks]
+    assert names == ["pgd-eq14", "pgd-ce", "pgd-bpda", "region-enum", "noise"]
+    assert result.attacks[0]["options"]["grad_path"] == "full" and result.attacks[0]["backward_passes"] > 0
+    assert result.robust_accuracy <= result.paper_protocol_accuracy <= result.clean_accuracy
+
+
 def test_cli_trains_and_attacks_a_sequence_attention_model(run_cli, tmp_path: Path, data_dir: Path, monkeypatch,
                                                            capsys) -> None:
     out = run_cli("train", "multidigit-mnist-uatt", "--preset", "smoke", "--out", "seq")
