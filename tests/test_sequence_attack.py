@@ -15,7 +15,8 @@ from robust_uatt.evaluation.harness import run_suite
 from robust_uatt.evaluation.predict import accuracy, predict
 from robust_uatt.attacks import build_attack
 from robust_uatt.data.datasets import Split
-from robust_uatt.models.outputs import correct, decide
+from robust_uatt.data.multidigit import IGNORE
+from robust_uatt.models.outputs import correct, decide, margin
 from robust_uatt.models.sequence import build_cnn_seq
 from robust_uatt.utils.errors import UserError
 from tests.test_sequence import fit, toy_problem
@@ -72,6 +73,24 @@ def test_evaluate_runs_the_checks_and_refuses_library_adapters(toy_model) -> Non
     for name in ("apgd-ce", "square", "fgsm"):
         with pytest.raises(UserError, match="cannot attack a sequence model"):
             ru.evaluate(model, data.x, data.y, eps=0.3, attacks=[name], device="cpu")
+
+
+def test_sequence_margin_is_positive_exactly_when_the_sequence_is_wrong() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 11, 3, generator=gen) * 3
+    y = torch.randint(0, 10, (500, 3), generator=gen)
+    y[:, 2] = 10
+    y[::2, 1], y[::2, 2] = 10, IGNORE  # half of them one digit long
+    logits += torch.nn.functional.one_hot(y.clamp(min=0), 11).permute(0, 2, 1).float() * 4  # many right, many wrong
+    assert torch.equal(margin(logits, y) > 0, ~correct(logits, y)) and 0.1 < float(correct(logits, y).float().mean())
+
+
+def test_margin_losses_attack_sequences(toy_model) -> None:
+    model, data = toy_model
+    for loss in ("cw", "dlr"):
+        result = ru.evaluate(model, data.x[:32], data.y[:32], eps=0.3, attacks=["pgd-ce"], steps=10, checks="none",
+                             options={"loss": loss}, device="cpu")
+        assert result.robust_accuracy < result.clean_accuracy, loss
 
 
 def test_the_sequence_suite_runs_every_attack_it_names(toy_model) -> None:
