@@ -36,8 +36,8 @@ from robust_uatt.evaluation.curve import monotone_curve
 from robust_uatt.evaluation.harness import SuiteOutcome, run_suite, summarize
 from robust_uatt.evaluation.results import RESULTS_FILE, EvaluationResult
 from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite, suite_names
-from robust_uatt.models.shipped import shipped_dir, weights_origin
 from robust_uatt.models.outputs import decide, is_sequence
+from robust_uatt.models.shipped import shipped_dir, weights_origin
 from robust_uatt.models.zoo import count_params, create_model, load_recipe, load_trained, recipe_names
 from robust_uatt.training.loop import CHECKPOINT, CONFIG, WEIGHTS
 from robust_uatt.training.loop import train as train_recipe

@@ -11,11 +11,11 @@ import torch
 
 import robust_uatt as ru
 from robust_uatt import api, cli
-from robust_uatt.evaluation.harness import run_suite
-from robust_uatt.evaluation.predict import accuracy, predict
 from robust_uatt.attacks import build_attack
 from robust_uatt.data.datasets import Split
 from robust_uatt.data.multidigit import IGNORE
+from robust_uatt.evaluation.harness import run_suite
+from robust_uatt.evaluation.predict import accuracy, predict
 from robust_uatt.models.outputs import correct, decide, margin
 from robust_uatt.models.sequence import build_cnn_seq
 from robust_uatt.utils.errors import UserError

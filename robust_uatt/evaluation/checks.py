@@ -79,7 +79,7 @@ def check_model(model: nn.Module, data: Split, clean: torch.Tensor, *, num_class
                         + (" (gradient masking: use BPDA or gradient-free attacks)" if zero > 0 else "")))
     if bool(clean[idx].all()):
         with torch.inference_mode():
-            kept = float(hits(predict_labels(model, x), y).float().mean())  # these points were correct in the clean pass
+            kept = float(hits(predict_labels(model, x), y).float().mean())  # correct in the clean pass
         checks.append(Check("eps = 0 gives clean", kept == 1.0, True,
                             "unperturbed inputs keep their clean predictions" if kept == 1.0 else
                             f"{100 * (1 - kept):.1f}% of clean-correct points change prediction on a second pass"))
