@@ -35,7 +35,7 @@ from robust_uatt.evaluation.checks import as_dicts, check_budget, check_model, c
 from robust_uatt.evaluation.curve import monotone_curve
 from robust_uatt.evaluation.harness import SuiteOutcome, run_suite, summarize
 from robust_uatt.evaluation.results import RESULTS_FILE, EvaluationResult
-from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite, suite_names
+from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite, suite_names, with_probes
 from robust_uatt.models.outputs import decide, is_sequence
 from robust_uatt.models.shipped import shipped_dir, weights_origin
 from robust_uatt.models.zoo import count_params, create_model, load_recipe, load_trained, recipe_names
@@ -193,6 +193,8 @@ def _plan(eps: float | str, *, suite: str | None, attacks: Sequence[str] | None,
     if checks not in CHECK_LEVELS:
         raise UserError(f"--checks must be none, fast or full, got '{checks}'")
     chosen = _suite(suite, list(attacks) if attacks else ["pgd"], steps, source)
+    if checks != "none":
+        chosen = with_probes(chosen)  # black-box <= white-box needs both kinds in every gating set
     return _Plan(_radius(eps), eps_text, None if alpha is None else _radius(alpha), chosen, dict(options or {}),
                  checks, policy, eot, judge_draws, cascade, batch_size, seed, source)
 
@@ -356,7 +358,7 @@ def judge_draws_for(policy: str, judge_draws: int | None) -> int:
 def _checks(model: nn.Module, data: Split, outcome: SuiteOutcome, attacks: list[Attack], plan: _Plan,
             num_classes: int, device: torch.device, eot: int) -> list:
     checks = check_model(model, data, outcome.clean_correct, num_classes=num_classes, device=device, seed=plan.seed,
-                         stochastic=plan.policy == "sample")
+                         stochastic=plan.policy == "sample", attacks=attacks, eps=plan.eps, eot=eot)
     checks += check_run(outcome, [a.describe() for a in attacks])
     if plan.checks == "full":
         pgd_steps = max((a.budget.steps for a in attacks if a.white_box and a.steps_meaning == "iterations"),
@@ -370,6 +372,10 @@ def _result(outcome: SuiteOutcome, attacks: list[Attack], plan: _Plan, origin: M
             valid: bool, reasons: list[str], checks: list, device: torch.device,
             command: str | None) -> EvaluationResult:
     summary = summarize(outcome, plan.suite.paper_attack)
+    for row, entry in zip(summary["attacks"], plan.suite.entries):
+        if entry.role:
+            row["role"] = entry.role
+    verdict = "UNCHECKED" if plan.checks == "none" else ("valid" if valid else "INVALID")
     bounded = all(a.bounded for a in attacks)
     broken_by = [""] * len(data)
     for a, rec in zip(attacks, outcome.records):
@@ -382,8 +388,11 @@ def _result(outcome: SuiteOutcome, attacks: list[Attack], plan: _Plan, origin: M
         threat_model={"norm": first.norm if len(attacks) == 1 else "Linf", "bounded": bounded,
                       "eps": plan.eps if bounded else None, "eps_text": plan.eps_text, "eps_units": "pixel [0,1]",
                       "steps": first.budget.steps, "steps_meaning": first.steps_meaning, "alpha": first.budget.alpha},
-        policy=plan.policy, eot=eot, cascade=plan.cascade, **summary,
-        valid=valid, invalid_reasons=reasons, checks=as_dicts(checks), checks_level=plan.checks,
+        policy=plan.policy, eot=eot, cascade=plan.cascade,
+        autoattack_implementation=next((a.describe()["implementation"] for a in attacks if a.name == "autoattack"),
+                                       None),
+        **summary,
+        verdict=verdict, valid=verdict == "valid", invalid_reasons=reasons, checks=as_dicts(checks), checks_level=plan.checks,
         data={"dataset": origin.dataset, "source": data.source, "first_n": len(data),
               "lossless_fraction": data.lossless_fraction()},
         seed=plan.seed, device=str(device), batch_size=plan.batch_size,
@@ -583,12 +592,14 @@ def draw_glimpses(model: nn.Module, out: str | Path, *, n: int = 8, policy: str 
     return Path(out)
 
 
-def selftest(seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Plant broken models (gradient killer, softmax output, input quantizer, randomized) beside a healthy one and
-    report whether the sanity checks catch each: {model: {"caught": bool, "failed": [check names]}}."""
+def selftest(seed: int = 0, *, data_dir: str | None = None, n: int = 200) -> dict[str, dict[str, Any]]:
+    """Plant eight gradient-masking tricks on a small CNN trained in seconds on real CIFAR-10 and attack each at
+    8/255 on the first ``n`` test images: {model: {clean, naive, worst_case, verdict, failed, expected, caught}}.
+    A plant is caught when it ends INVALID naming its symptom (or near the undefended number); the undefended model
+    is "caught" when it is INVALID (it must not be)."""
     from robust_uatt.evaluation import selftest as planted
 
-    return planted.run_selftest(seed)
+    return planted.run_selftest(seed, data_dir, n)
 
 
 __all__ += ["draw_glimpses", "selftest"]

@@ -10,7 +10,7 @@ from robust_uatt.attacks.base import Attack, Budget
 from robust_uatt.attacks.pgd import PGDCE
 from robust_uatt.evaluation.checks import check_budget, check_run, gate
 from robust_uatt.evaluation.harness import run_suite
-from robust_uatt.evaluation.selftest import BROKEN, evaluate, run_selftest, train_healthy
+from robust_uatt.evaluation.selftest import BROKEN, evaluate, train_healthy
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def healthy():
 
 def test_healthy_model_passes_every_gating_check(healthy) -> None:
     model, data = healthy
-    checks = evaluate(model, data)
+    checks, _ = evaluate(model, data)
     valid, reasons = gate(checks)
     assert valid, reasons
     assert {c.name for c in checks} >= {"eval mode", "deterministic (5 passes)", "logits, not softmax",
@@ -31,12 +31,12 @@ def test_healthy_model_passes_every_gating_check(healthy) -> None:
 @pytest.mark.parametrize("name, expected", [
     ("gradient killer", {"input gradients", "eps = 1 breaks everything"}),
     ("softmax on logits", {"logits, not softmax"}),
-    ("input quantizer", {"input gradients"}),
-    ("randomized model", {"deterministic (5 passes)"}),
+    ("8-level input quantization", {"input gradients"}),
+    ("forward noise", {"deterministic (5 passes)"}),
 ])
 def test_each_planted_failure_is_caught(healthy, name: str, expected: set[str]) -> None:
     model, data = healthy
-    checks = evaluate(BROKEN[name](model).eval(), data)
+    checks, _ = evaluate(BROKEN[name].wrap(model).eval(), data)
     failed = {c.name for c in checks if c.failed_gate()}
     assert expected <= failed
 
@@ -56,7 +56,7 @@ def test_an_attack_that_flips_the_model_to_train_mode_is_reported_and_undone(hea
                         device=torch.device("cpu"))
     assert not model.training and outcome.records[0].left_train_mode == 2  # restored before judging each batch
     checks = {c.name: c for c in check_run(outcome, [{"white_box": True}])}
-    assert checks["attacks keep eval mode"].passed is False and not checks["attacks keep eval mode"].gating
+    assert checks["attacks keep eval mode"].passed is False and checks["attacks keep eval mode"].gating
 
 
 def test_a_model_in_train_mode_is_caught(healthy) -> None:
@@ -130,9 +130,3 @@ def test_weak_budget_is_caught_by_the_full_checks(healthy) -> None:
     outcome = run_suite(model, [weak], data, batch_size=100, device=torch.device("cpu"))
     checks = check_budget(model, data, outcome, eps=0.4, steps=1, eot=1, device=torch.device("cpu"), seed=0)
     assert {c.name for c in checks if c.failed_gate()} == {"doubling steps changes < 1 point", "monotone in eps"}
-
-
-def test_selftest_catches_four_of_four() -> None:
-    results = run_selftest(0)
-    assert not results.pop("healthy model")["caught"]
-    assert all(r["caught"] for r in results.values()) and len(results) == 4

@@ -173,12 +173,13 @@ def test_selftest_command_reports_and_sets_the_exit_code(monkeypatch: pytest.Mon
     import robust_uatt.evaluation.selftest as selftest
     from robust_uatt.cli import main
 
-    caught = {"healthy model": {"caught": False, "failed": []},
-              **{name: {"caught": True, "failed": ["x"]} for name in selftest.BROKEN}}
-    monkeypatch.setattr(selftest, "run_selftest", lambda seed=0: caught)
-    assert main(["selftest"]) == 0 and "caught 4 of 4" in capsys.readouterr().out
-    caught["randomized model"] = {"caught": False, "failed": []}
-    assert main(["selftest"]) == 1 and "caught 3 of 4" in capsys.readouterr().out
+    row = {"clean": 0.4, "naive": 0.4, "worst_case": 0.4, "verdict": "INVALID", "expected": ["x"]}
+    caught = {"undefended model": {**row, "caught": False, "failed": [], "verdict": "valid", "expected": []},
+              **{name: {**row, "caught": True, "failed": ["x"]} for name in selftest.BROKEN}}
+    monkeypatch.setattr(selftest, "run_selftest", lambda seed=0, data_dir=None, n=200: caught)
+    assert main(["selftest"]) == 0 and "caught 8 of 8" in capsys.readouterr().out
+    caught["forward noise"] = {**row, "caught": False, "failed": []}
+    assert main(["selftest"]) == 1 and "caught 7 of 8" in capsys.readouterr().out
 
 
 def test_any_model_through_a_factory_and_a_safetensors_checkpoint(run_cli, tmp_path: Path) -> None:

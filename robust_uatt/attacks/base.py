@@ -50,6 +50,7 @@ class Attack:
     norm: ClassVar[str] = "Linf"
     bounded: ClassVar[bool] = True  # False: minimal-perturbation attacks (CW), not confined to the eps-ball
     white_box: ClassVar[bool] = True
+    gradient_based: ClassVar[bool] = False  # ascends an input gradient: the harness probes it first (gradient_probe)
     default_steps: ClassVar[int] = 10
     steps_meaning: ClassVar[str] = "iterations"
     options: ClassVar[dict[str, Any]] = {}  # accepted options and their defaults
@@ -61,10 +62,19 @@ class Attack:
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.opts = {**self.options, **budget.options}
-        self.left_train_mode = False  # whether the last call found the model in train mode afterwards (restored)
+        self.left_train_mode: list[str] = []  # submodules the last call found in train mode afterwards (restored)
+        self.notes: list[str] = []
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def prepare(self, model: nn.Module) -> None:
+        """Adapt to the model before the run (e.g. a gradient path it lacks); record what changed in ``notes``."""
+
+    def objective(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The scalar the attack ascends (summed over the batch), with its model switches: what the harness probes
+        for a non-zero input gradient before the first batch. Cross-entropy on the logits unless overridden."""
+        return torch.nn.functional.cross_entropy(model(x), y, reduction="sum")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor | None = None) -> Tensor:
         """Adversarial examples (B, C, H, W) in [0, 1] for images x (B, C, H, W) in [0, 1] and labels y (B,)."""
@@ -75,7 +85,7 @@ class Attack:
         model.eval().requires_grad_(False)
         try:
             adv = self.perturb(model, x, y, index).detach()
-            self.left_train_mode = model.training
+            self.left_train_mode = [name or "(the model)" for name, m in model.named_modules() if m.training]
         finally:
             model.train(was_training)
             for p, flag in zip(model.parameters(), flags):
@@ -86,7 +96,18 @@ class Attack:
         b = self.budget
         return {"name": self.name, "description": self.description, "norm": self.norm, "bounded": self.bounded,
                 "white_box": self.white_box, "eps": b.eps, "alpha": b.alpha, "steps": b.steps,
-                "steps_meaning": self.steps_meaning, "eot": b.eot, "options": self.opts}
+                "steps_meaning": self.steps_meaning, "eot": b.eot, "options": self.opts,
+                **({"notes": list(self.notes)} if self.notes else {})}
+
+
+def input_gradient(loss_of: Any, x: Tensor) -> Tensor | None:
+    """d loss / d x for ``loss_of(x_leaf)``; None when the loss has no autograd path to x (a detached input)."""
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = loss_of(xg)
+        if not loss.requires_grad:
+            return None
+        return torch.autograd.grad(loss, xg, allow_unused=True)[0]
 
 
 class EOTLogits(nn.Module):

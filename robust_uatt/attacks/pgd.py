@@ -162,6 +162,7 @@ class PGDBase(Attack):
 
     default_steps = 30
     sequences = True
+    gradient_based = True
     options = {"restarts": 1, "random_start": True, "early_stop": True, "stop_margin": STOP_MARGIN, "loss": "ce"}
     choices = {"loss": tuple(LOSSES)}
 
@@ -172,6 +173,10 @@ class PGDBase(Attack):
     def switches(self) -> dict[str, Any]:
         """Keyword arguments of ``attack_mode`` for this attack (gradient path, BPDA temperature)."""
         return {}
+
+    def objective(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        with attack_mode(model, **self.switches()):
+            return self.loss_fn(model, x, y)[0]
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
         with attack_mode(model, **self.switches()):
@@ -216,6 +221,20 @@ class PGDEq14(PGDBase):
 
     def switches(self) -> dict[str, Any]:
         return {"grad_path": self.opts["grad_path"]}
+
+    def prepare(self, model: nn.Module) -> None:
+        """grad_path 'vgg' needs a VGG backbone; without one (every MNIST model) the loss has no path to the input
+        and the attack would silently report its random start: use the full path and record it."""
+        if self.opts["grad_path"] != "vgg" or _has_vgg(model):
+            return
+        self.opts["grad_path"] = "full"
+        self.notes.append("grad_path 'vgg' asked for, but the model has no VGG backbone: the full gradient path ran")
+
+
+def _has_vgg(model: nn.Module) -> bool:
+    from robust_uatt.models.vgg import VGG16
+
+    return isinstance(model, VGG16) or isinstance(getattr(model, "backbone", None), VGG16)
 
 
 @register_attack

@@ -327,7 +327,7 @@ def _our_eps(tm: dict[str, Any]) -> tuple[float | None, str]:
 
 
 def _problem(res: EvaluationResult, norm: str | None, eps: float | None, robust: float | None) -> str | None:
-    if not res.valid:
+    if not res.valid and not res.unchecked:
         why = res.invalid_reasons
         return "INVALID result (valid: false)" + (f": {why[0]}" if why else "")
     if norm is None:
@@ -552,7 +552,7 @@ def compare(ours: list[OurResult], rows: list[LeaderboardRow], top: int = 10, so
 
 def _refusal(ours: list[OurResult], not_comparable: list[tuple[OurResult, str]], classes: list[ThreatClass]) -> str:
     mine = sorted({r.threat_label() for r in ours if not r.problem})
-    invalid = sum(1 for r in ours if not r.valid)
+    invalid = sum(1 for r in ours if not r.valid and not r.unchecked)
     other = [reason for r, reason in not_comparable if r.problem and r.valid]
     parts = [f"nothing to compare: our threat model(s) {', '.join(mine)}" if mine else "nothing to compare"]
     if invalid:

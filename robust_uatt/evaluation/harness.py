@@ -26,6 +26,7 @@ from rich.console import Console
 from torch import nn
 
 from robust_uatt.attacks import Attack
+from robust_uatt.attacks.base import input_gradient
 from robust_uatt.data.datasets import Split, to_float
 from robust_uatt.evaluation.intervals import clopper_pearson
 from robust_uatt.evaluation.intervals import describe as describe_ci
@@ -93,7 +94,9 @@ class AttackRecord:
     max_linf: float = 0.0
     done: bool = False
     violations: list[str] = field(default_factory=list)  # inputs outside the ball/box or non-finite: never counted
-    left_train_mode: int = 0  # batches after which the attack had flipped the model into train mode (restored)
+    left_train_mode: int = 0  # batches after which the attack had left a submodule in train mode (restored)
+    left_train_modules: list[str] = field(default_factory=list)  # which submodules
+    skipped: str | None = None  # why a gradient attack did not run (the model has no input gradient path)
 
 
 @dataclass
@@ -123,8 +126,8 @@ def _load_state(path: Path | None, key: str, attacks: list[Attack]) -> tuple[tor
     for a, saved in zip(attacks, state["records"]):
         rec = AttackRecord(a.describe())
         for k in ("attacked", "broken", "batches_done", "seconds", "forwards", "backwards", "max_linf", "done",
-                  "violations", "left_train_mode"):
-            setattr(rec, k, saved[k])
+                  "violations", "left_train_mode", "left_train_modules", "skipped"):
+            setattr(rec, k, saved.get(k, getattr(rec, k)))
         records.append(rec)
     return clean, records
 
@@ -146,6 +149,8 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
     adversarial, is a strict majority over ``draws`` passes (randomized models; see ``robust_uatt.evaluation.judging``).
     """
     model.eval()
+    for attack in attacks:
+        attack.prepare(model)
     key = _config_key({"config": config or {}, "attacks": [a.describe() for a in attacks], "n": len(data),
                        "cascade": cascade, "batch_size": batch_size, **({"draws": draws} if draws != 1 else {})})
     clean, records = _load_state(state_path, key, attacks)
@@ -165,6 +170,14 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
             if not rec.attacked:
                 rec.attacked = targets.tolist()
             targets = torch.tensor(rec.attacked, dtype=torch.long)
+            if attack.gradient_based and not rec.batches_done and len(targets):
+                first = targets[:batch_size]
+                rec.skipped = gradient_probe(model, attack, to_float(data.x[first].to(device)),
+                                             data.y[first].to(device))
+                if rec.skipped:
+                    rec.done = True
+                    _save_state(state_path, key, clean, records)
+                    continue
             task = progress.add_task(attack.name, total=len(targets))
             for b, start in enumerate(range(0, len(targets), batch_size)):
                 idx = targets[start:start + batch_size]
@@ -174,7 +187,8 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
                 t0 = time.perf_counter()
                 f0, b0 = counter.forwards, counter.backwards
                 broken, linf, violation, flipped = _attack_batch(model, attack, data, idx, device, draws)
-                rec.left_train_mode += int(flipped)
+                rec.left_train_mode += int(bool(flipped))
+                rec.left_train_modules = sorted(set(rec.left_train_modules) | set(flipped))
                 if violation:
                     rec.violations.append(f"batch {b}: {violation}")
                 rec.broken.extend(broken)
@@ -190,19 +204,43 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
     return SuiteOutcome(clean, records)
 
 
+def gradient_probe(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor) -> str | None:
+    """Before a gradient attack's first batch: does its own objective have a non-zero input gradient there?
+
+    None: yes (or the model's own gradient is all zero too: a masked model, which the attacks may still try and the
+    input-gradient check flags). A reason: the model's output has no autograd path to its input at all (it detaches
+    it), so no gradient attack can run; the harness skips them and the run is INVALID. Raises UserError (exit 2) when
+    the attack's objective has no gradient although the model's cross-entropy has one: the attack is misconfigured
+    for this model and would only report its random start.
+    """
+    with torch.enable_grad():
+        own = input_gradient(lambda v: attack.objective(model, v, y), x)
+        if own is not None and bool((own != 0).any()):
+            return None
+        plain = input_gradient(lambda v: torch.nn.functional.cross_entropy(model(v), y, reduction="sum"), x)
+    if plain is None:
+        return "the model's output has no autograd path to its input (detached input): gradient attacks cannot run"
+    if bool((plain != 0).any()):
+        lacks = "no path to" if own is None else "a zero gradient with respect to"
+        raise UserError(f"attack {attack.name}: its objective has {lacks} the input on the first batch although "
+                        "the model's cross-entropy has a gradient there; it would only report its random start "
+                        "(check its options, e.g. grad_path)")
+    return None
+
+
 def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tensor, device: torch.device,
-                  draws: int = 1) -> tuple[list[int], float, str | None, bool]:
+                  draws: int = 1) -> tuple[list[int], float, str | None, list[str]]:
     """Attack one batch; return the indices the harness verified as broken, the largest L-inf perturbation, and a
     violation (inputs outside [0,1] or the eps-ball, NaN): then nothing of the batch counts and the run is INVALID."""
     x = to_float(data.x[idx].to(device, non_blocking=True))
     y = data.y[idx].to(device, non_blocking=True)
     eps = attack.budget.eps
-    flipped = False
+    flipped: list[str] = []
     if attack.bounded and eps == 0:
         adv = x
     else:
         adv = attack(model, x, y, idx)  # eval mode and frozen parameters during the attack, restored after it
-        flipped = attack.left_train_mode  # reported as a warning: the attack had flipped the model into train mode
+        flipped = list(attack.left_train_mode)  # submodules the attack left in train mode (the call restored them)
     if adv.shape != x.shape or not torch.isfinite(adv).all():
         return [], float("nan"), "non-finite inputs or wrong shape", flipped
     linf = float((adv - x).abs().amax()) if len(x) else 0.0
@@ -227,7 +265,7 @@ def summarize(outcome: SuiteOutcome, paper_attack: str | None = None) -> dict[st
                      "robust_accuracy_after_ci": list(clopper_pearson(int(robust.sum()), n)),
                      "seconds": rec.seconds, "forward_passes": rec.forwards, "backward_passes": rec.backwards,
                      "max_linf": rec.max_linf, "violations": rec.violations,
-                     "left_train_mode": rec.left_train_mode})
+                     "left_train_mode": rec.left_train_mode, "skipped": rec.skipped})
     out: dict[str, Any] = {
         "n": n, "clean_accuracy": float(outcome.clean_correct.float().mean()),
         "robust_accuracy": float(robust.float().mean()), "attacks": rows,

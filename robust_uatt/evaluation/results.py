@@ -48,6 +48,7 @@ class EvaluationResult:
     eot: int = _typed(int, 1)
     judge_draws: int = _typed(int, 1)  # passes per majority judgement (randomized models; evaluation/judging.py)
     cascade: bool = _typed(bool, True)
+    autoattack_implementation: str | None = _typed(str)  # "reference" or "torchattacks port" when AutoAttack ran
     n: int | None = _typed(int)
     clean_accuracy: float | None = _typed(NUMBER)
     robust_accuracy: float | None = _typed(NUMBER)
@@ -61,7 +62,8 @@ class EvaluationResult:
     paper_protocol_accuracy: float | None = _typed(NUMBER)  # only with a paper-protocol attack in the suite
     paper_protocol_accuracy_ci: list[float] | None = _typed(list)
     overestimation: float | None = _typed(NUMBER)  # paper protocol - worst case
-    valid: bool = _typed(bool, True)
+    verdict: str = _typed(str, "")  # valid, INVALID or UNCHECKED (--checks none); "" in older files: see ``status``
+    valid: bool = _typed(bool, True)  # False when INVALID or UNCHECKED
     invalid_reasons: list[str] = _typed(list, [])
     checks: list[dict[str, Any]] = _typed(list, [])
     checks_level: str = _typed(str, "fast")
@@ -152,6 +154,18 @@ class EvaluationResult:
         if "eps" not in tm and isinstance(tm.get("eps_text"), str):
             return parse_eps_text(tm["eps_text"])
         return None
+
+    @property
+    def unchecked(self) -> bool:
+        """No sanity check ran (--checks none): a number, never a verdict, whatever an older ``valid`` says."""
+        return self.verdict == "UNCHECKED" or self.checks_level == "none"
+
+    @property
+    def status(self) -> str:
+        """valid, INVALID or UNCHECKED, for files written before the ``verdict`` field too."""
+        if self.unchecked:
+            return "UNCHECKED"
+        return "valid" if self.valid else "INVALID"
 
     def require_valid(self) -> None:
         """Raise UserError when a gating sanity check failed (the result must not be reported as robust accuracy)."""

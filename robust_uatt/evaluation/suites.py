@@ -20,6 +20,7 @@ from robust_uatt.utils.resources import find_toml, toml_names
 
 ENTRY_KEYS = {"name": str, "steps": int, "eot": int, "role": str, "options": dict}
 ROLES = ("paper", "")
+PROBE_STEPS = {"noise": 20, "pgd-ce": 10}  # the cheap probes with_probes adds
 
 
 @dataclass
@@ -81,3 +82,19 @@ def load_suite(name: str) -> Suite:
     if sum(e.role == "paper" for e in entries) > 1:
         raise UserError(f"{path}: at most one attack may have role = \"paper\"")
     return Suite(path.stem, str(raw.get("description", "")), entries)
+
+
+def with_probes(suite: Suite) -> Suite:
+    """The suite plus a cheap gradient-free probe (uniform noise, 20 draws) when it has no black-box attack, and a
+    cheap white-box one (PGD-CE-10) when it has no white-box attack, so that the gating check "black-box <=
+    white-box" always runs (single attacks, the paper and quick suites). Probes join the cascade like any attack:
+    the worst case includes them. Unbounded (minimal-perturbation) runs are left alone."""
+    kinds = [ATTACKS[e.name] for e in suite.entries]
+    if any(not k.bounded for k in kinds):
+        return suite
+    extra = []
+    if all(k.white_box for k in kinds):
+        extra.append(SuiteEntry("noise", PROBE_STEPS["noise"], None, "probe"))
+    if not any(k.white_box for k in kinds):
+        extra.append(SuiteEntry("pgd-ce", PROBE_STEPS["pgd-ce"], None, "probe"))
+    return Suite(suite.name, suite.description, suite.entries + extra)

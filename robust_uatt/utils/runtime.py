@@ -88,8 +88,15 @@ def versions() -> dict[str, str | None]:
         ta = torchattacks.__version__
     except Exception:  # torchattacks is a dependency, but a version stamp must never fail a run
         ta = None
+    try:
+        from robust_uatt.utils.compat import autoattack_version
+
+        reference_aa = autoattack_version()
+    except Exception:  # optional: absent means torchattacks' port runs (and is labelled so)
+        reference_aa = None
     return {
-        "robust_uatt": __version__, "git_commit": _git_commit(), "python": platform.python_version(),
+        "robust_uatt": __version__, "reference_autoattack": reference_aa, "git_commit": _git_commit(),
+        "python": platform.python_version(),
         "torch": torch.__version__, "torchvision": torchvision.__version__, "torchattacks": ta,
         "numpy": np.__version__, "platform": platform.platform(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -27,26 +27,43 @@ def threat_model_text(tm: dict[str, Any]) -> str:
 
 def _attack_budget(row: dict[str, Any]) -> str:
     extra = f", eot {row['eot']}" if row.get("eot", 1) > 1 else ""
+    if row.get("components"):  # AutoAttack: what each component really ran
+        return ", ".join(f"{c['name']} {c.get('iterations', c.get('queries'))}" for c in row["components"]) + extra
     return f"{row['steps']} {row['steps_meaning']}{extra}"
+
+
+def attack_label(row: dict[str, Any]) -> str:
+    """The attack's name, or its labelled implementation (AutoAttack: reference or torchattacks port)."""
+    return str(row.get("label") or row["name"]) + (" (probe)" if row.get("role") == "probe" else "")
+
+
+def verdict(result: dict[str, Any]) -> str:
+    """valid, INVALID (a gating check failed) or UNCHECKED (--checks none: a number, never a verdict)."""
+    if result.get("verdict") in ("valid", "INVALID", "UNCHECKED"):
+        return result["verdict"]
+    if result.get("checks_level") == "none":
+        return "UNCHECKED"
+    return "valid" if result.get("valid") else "INVALID"
 
 
 def attack_table(result: dict[str, Any]) -> Group:
     """Per-attack cascade rows and the headline (worst case over the suite); the sanity checks below them."""
-    valid = result["valid"]
+    status = verdict(result)
+    valid = status == "valid"
     title = (f"{result['model']['name']} | {result['suite']['name']} | {threat_model_text(result['threat_model'])}"
-             f" | n={result['n']}" + ("" if valid else "  [bold red]INVALID[/]"))
+             f" | n={result['n']}" + ("" if valid else f"  [bold red]{status}[/]"))
     table = Table(title=title)
     n = result["n"]
     for col in ("attack", "budget", "attacked", "broken", "robust after", "95% CI", "seconds", "fwd/bwd passes"):
         table.add_column(col, justify="left" if col in ("attack", "budget") else "right")
     for row in result["attacks"]:
-        table.add_row(row["name"], _attack_budget(row), str(row["attacked"]), str(row["broken"]),
+        table.add_row(attack_label(row), _attack_budget(row), str(row["attacked"]), str(row["broken"]),
                       _pct(row["robust_accuracy_after"]), _ci(row, "robust_accuracy_after", n),
                       f"{row['seconds']:.1f}", f"{row['forward_passes']}/{row['backward_passes']}")
     table.add_section()
     table.add_row("[bold]clean[/]", "", "", "", _pct(result["clean_accuracy"]), _ci(result, "clean_accuracy", n),
                   "", "")
-    robust = _pct(result["robust_accuracy"]) if valid else f"[red]INVALID ({_pct(result['robust_accuracy'])})[/]"
+    robust = _pct(result["robust_accuracy"]) if valid else f"[red]{status} ({_pct(result['robust_accuracy'])})[/]"
     table.add_row("[bold]worst case[/]", "per example, over all attacks", "", "", robust,
                   _ci(result, "robust_accuracy", n), f"{result['seconds']:.1f}",
                   f"{result['forward_passes']}/{result['backward_passes']}")
@@ -67,7 +84,10 @@ def attack_table(result: dict[str, Any]) -> Group:
 def attack_markdown(result: dict[str, Any]) -> str:
     tm = result["threat_model"]
     lines = [f"# {result['model']['name']}: {result['suite']['name']}", ""]
-    if not result["valid"]:
+    status = verdict(result)
+    if status == "UNCHECKED":
+        lines += ["**UNCHECKED**: no sanity check ran (--checks none); the number below is not a verdict", ""]
+    elif status == "INVALID":
         lines += ["**INVALID**: " + "; ".join(result["invalid_reasons"]), ""]
     lines += [
         f"Threat model: {threat_model_text(tm)} in {tm['eps_units']}; first {result['n']} test images "
@@ -79,12 +99,12 @@ def attack_markdown(result: dict[str, Any]) -> str:
     ]
     n = result["n"]
     for row in result["attacks"]:
-        lines.append(f"| {row['name']} | {_attack_budget(row)} | {row['attacked']} | {row['broken']} | "
+        lines.append(f"| {attack_label(row)} | {_attack_budget(row)} | {row['attacked']} | {row['broken']} | "
                      f"{_pct(row['robust_accuracy_after'])} | {_ci(row, 'robust_accuracy_after', n)} | "
                      f"{row['seconds']:.1f} | {row['forward_passes']} / {row['backward_passes']} |")
     lines += ["", f"- clean accuracy: {_pct(result['clean_accuracy'])} {_ci(result, 'clean_accuracy', n)}",
               f"- robust accuracy (worst case per example over the suite): {_pct(result['robust_accuracy'])} "
-              f"{_ci(result, 'robust_accuracy', n)}" + ("" if result["valid"] else " — INVALID")]
+              f"{_ci(result, 'robust_accuracy', n)}" + ("" if status == "valid" else f" — {status}")]
     if result.get("paper_protocol_accuracy") is not None:
         lines += [f"- paper protocol accuracy: {_pct(result['paper_protocol_accuracy'])} "
                   f"{_ci(result, 'paper_protocol_accuracy', n)}; overestimation {_pct(result['overestimation'])}"]
@@ -132,15 +152,16 @@ def curve_table(curve: dict[str, Any]) -> Table:
 
 
 def selftest_table(results: dict[str, dict[str, Any]]) -> tuple[Table, bool]:
-    """One row per planted model; also whether every verdict was the expected one."""
-    table = Table(title="selftest: do the sanity checks catch planted failures?")
-    for col in ("model", "expected", "verdict", "failed gating checks"):
-        table.add_column(col)
+    """One row per planted model (clean, naive PGD, worst case, verdict, the gating checks that failed, the symptom
+    expected); also whether every plant was caught and the undefended model passed."""
+    table = Table(title="selftest: gradient-masking tricks on a small CIFAR-10 CNN, L-inf 8/255")
+    for col in ("model", "clean", "naive PGD", "worst case", "verdict", "failed gating checks", "expected", "ok"):
+        table.add_column(col, justify="right" if col in ("clean", "naive PGD", "worst case") else "left")
     ok = True
     for name, r in results.items():
-        expected = "valid" if name == "healthy model" else "INVALID"
-        verdict = "INVALID" if r["caught"] else "valid"
-        ok &= verdict == expected
-        table.add_row(name, expected, ("[green]" if verdict == expected else "[red]") + verdict + "[/]",
-                      ", ".join(r["failed"]) or "-")
+        good = not r["caught"] if name == "undefended model" else r["caught"]
+        ok &= good
+        table.add_row(name, _pct(r["clean"]), _pct(r["naive"]), _pct(r["worst_case"]), r["verdict"],
+                      ", ".join(r["failed"]) or "-", ", ".join(r["expected"]) or "valid",
+                      "[green]yes[/]" if good else "[red]NO[/]")
     return table, ok

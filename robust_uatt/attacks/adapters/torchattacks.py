@@ -12,6 +12,7 @@ from robust_uatt.attacks.base import Attack, register_attack, with_eot
 class TorchattacksAttack(Attack):
     native_eot = False  # True: the attack averages EOT gradients itself (APGD's eot_iter)
 
+    gradient_based = True
     def build(self, model: nn.Module):
         raise NotImplementedError
 
@@ -20,6 +21,14 @@ class TorchattacksAttack(Attack):
         attack = self.build(model if self.native_eot else with_eot(model, self.budget.eot))
         attack.set_model_training_mode(model_training=False)  # never flip the model into train mode
         return attack(x, y)
+
+
+def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Croce & Hein's difference-of-logits ratio, summed: the objective APGD-DLR ascends."""
+    top = logits.sort(dim=1, descending=True).values
+    z_y = logits.gather(1, y[:, None])[:, 0]
+    other = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return (-(z_y - other) / (top[:, 0] - top[:, 2] + 1e-12)).sum()
 
 
 @register_attack
@@ -69,6 +78,9 @@ class TAAPGDDLR(TAAPGDCE):
     description = "Auto-PGD, DLR loss (torchattacks.APGD): scale-invariant, robust to softmax-saturated logits"
     loss = "dlr"
 
+    def objective(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return dlr_loss(model(x), y)
+
 
 @register_attack
 class TACW(TorchattacksAttack):
@@ -88,6 +100,7 @@ class TACW(TorchattacksAttack):
 class TASquare(TorchattacksAttack):
     name = "square"
     white_box = False
+    gradient_based = False
     description = "Square attack, score-based black-box (torchattacks.Square); EOT-averaged logits with --eot"
     default_steps = 5000
     steps_meaning = "queries"
