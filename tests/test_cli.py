@@ -148,7 +148,7 @@ def test_attention_model_trains_draws_glimpses_and_is_attacked(run_cli, tmp_path
                   "--policy", "sample", "--eot", "2", "--checks", "fast")
     assert out.returncode in (0, 4), out.stderr
     res = json.loads((tmp_path / "q" / "results.json").read_text())
-    assert [a["name"] for a in res["attacks"]] == ["fgsm", "pgd-ce"] and res["eot"] == 2
+    assert [a["name"] for a in res["attacks"]] == ["fgsm", "pgd-ce", "noise"] and res["eot"] == 2  # + the probe
     assert {c["name"]: c["passed"] for c in res["checks"]}["deterministic (5 passes)"] is None  # stochastic: n/a
 
 
