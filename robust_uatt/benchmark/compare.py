@@ -367,7 +367,7 @@ def _field(r: EvaluationResult, name: str) -> Any:
 def _autoattack_impl(r: EvaluationResult) -> str:
     """Which AutoAttack produced the number: the result's own ``autoattack_impl`` when it records one, else the
     ``implementation`` of its ``autoattack`` row; "none" for a suite without AutoAttack."""
-    recorded = _field(r, "autoattack_impl")
+    recorded = _field(r, "autoattack_implementation") or _field(r, "autoattack_impl")
     if isinstance(recorded, str) and recorded:
         text = recorded.lower()
         return "reference" if text.startswith("reference") else \
