@@ -15,7 +15,7 @@ class DataConfig:
     pieces: int = setting(10, int, low=0)  # cluttered-mnist
     piece_size: int = setting(8, int, low=1)
     clutter_seed: int = setting(0, int, low=0)
-    crop: int = setting(54, int, low=8)  # multi-digit: the window cut from the canvas (random in train, central in test)
+    crop: int = setting(54, int, low=8)  # multi-digit: the window cut from the canvas (random: train; central: test)
     min_digits: int = setting(1, int, low=1)
     max_digits: int = setting(5, int, low=1, high=9)  # labels per image = max_digits + 1 (the terminal)
     digits_seed: int = setting(0, int, low=0)  # multidigit-mnist layouts; SVHN's random training crops
