@@ -16,8 +16,10 @@ from rich.table import Table
 from robust_uatt.utils.runtime import versions
 
 
-def race(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved (A, B, A, B, ...) so load drifts hit all alike."""
+def race(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 2, best: bool = False) -> dict[str, float]:
+    """Median (``best``: smallest) seconds per call of each function, calls interleaved (A, B, A, B, ...) so load
+    drifts hit all alike. On a machine shared with other jobs the best of k is the steadier estimate of what the code
+    costs: load only ever adds time."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -29,7 +31,13 @@ def race(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> d
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) if best else statistics.median(v) for k, v in times.items()}
+
+
+def matmul_flops(device: torch.device, size: int = 2048) -> tuple[Callable[[], None], float]:
+    """(one float32 size x size matmul, its FLOPs): the machine's practical peak when timed (best of k)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    return (lambda: a @ b), 2.0 * size**3
 
 
 def machine() -> dict[str, str | None]:

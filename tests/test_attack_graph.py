@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_uatt.attack.pgd import eq14_loss
+from robust_uatt.attacks.pgd import eq14_loss
 from robust_uatt.attack_graph import attack_graph, fold_batchnorm
 from robust_uatt.models.vgg import VGG16
-from robust_uatt.zoo import create_model, load_recipe
+from robust_uatt.models.zoo import create_model, load_recipe
 
 
 def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
