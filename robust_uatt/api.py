@@ -443,7 +443,7 @@ def security_curve(model: nn.Module, x: torch.Tensor | None = None, y: torch.Ten
     curve = {"model": {"name": origin.info["name"], "weights": origin.info.get("weights")},
              "suite": results[0].suite_name, "n": len(data), "eps_units": "pixel [0,1]",
              "eps_text": [str(e) for e in eps], **monotone_curve(radii, raw, clean),
-             "policy": policy, "eot": results[0].eot, "judge_draws": results[0].judge_draws, "checks_level": checks,
+             "attack_graph": results[0].attack_graph, "policy": policy, "eot": results[0].eot, "judge_draws": results[0].judge_draws, "checks_level": checks,
              "checks": [{**c, "name": f"eps {r:.4g}: {c['name']}"} for r, res in named for c in res.checks],
              "valid": all(res.valid for _, res in named),
              "invalid_reasons": [f"eps {r:.4g}: {why}" for r, res in named for why in res.invalid_reasons],

@@ -9,8 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_uatt.attacks.pgd import eq14_loss
-from robust_uatt.attack_graph import attack_graph, fold_batchnorm
+from robust_uatt.attacks import Attack, Budget, build_attack
+from robust_uatt.attacks.pgd import objective_loss
+from robust_uatt.data.datasets import Split, to_float
+from robust_uatt.evaluation.attack_graph import attack_graph, fold_batchnorm
+from robust_uatt.evaluation.harness import run_suite, summarize
 from robust_uatt.models.vgg import VGG16
 from robust_uatt.models.zoo import create_model, load_recipe
 
@@ -37,7 +40,7 @@ def _images(n: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
     xg = x.clone().requires_grad_(True)
     torch.manual_seed(0)
-    value = F.cross_entropy(model(xg), y, reduction="sum") if loss == "ce" else eq14_loss(model, xg, y)[0]
+    value = F.cross_entropy(model(xg), y, reduction="sum") if loss == "ce" else objective_loss(model, xg, y)[0]
     return torch.autograd.grad(value, xg)[0]
 
 
@@ -139,3 +142,52 @@ def test_models_without_pairs_or_that_cannot_be_copied_run_as_they_are() -> None
     odd = _Uncopyable().eval()
     graph = attack_graph(odd, x)
     assert graph.kind == "original" and graph.module is odd and "cannot copy" in graph.reason
+
+
+# ---- in the harness: attacks run on the attack graph, verdicts come from the original model ---------------------
+
+seen: list[nn.Module] = []  # the graphs _Sabotage was handed
+
+
+class _Sabotage(Attack):
+    """Returns the clean inputs after making the graph it was handed predict class 0 everywhere: if verdicts were
+    taken on that graph, every point of another class would count as broken."""
+
+    name = "sabotage"
+    description = "test double"
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        graph = getattr(model, "wrapped", model)
+        seen.append(graph)
+        with torch.no_grad():
+            graph.classifier[-1].bias[0] = 1e6
+        return x
+
+
+def _split(model: nn.Module, n: int = 12) -> Split:
+    """Random images labelled with the model's own predictions: every point is clean-correct."""
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    with torch.no_grad():
+        y = model(to_float(x)).argmax(1)
+    return Split(x, y, "synthetic")
+
+
+def test_harness_attacks_the_folded_graph_judges_on_the_original_and_records_the_graph() -> None:
+    torch.manual_seed(0)
+    model = _trained_like(VGG16(width=0.125))
+    data = _split(model)
+    assert (data.y != 0).sum() >= 3  # points the sabotaged graph would misclassify
+    seen.clear()
+    outcome = run_suite(model, [_Sabotage(Budget(eps=8 / 255, alpha=2 / 255, steps=1))], data, batch_size=6,
+                        device=torch.device("cpu"))
+    assert len(seen) == 2 and seen[0] is seen[1] and seen[0] is not model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in seen[0].modules())
+    assert outcome.records[0].broken == []  # the original still predicts as before: nothing was broken
+    assert float(model.classifier[-1].bias[0].detach()) < 1e6
+    summary = summarize(outcome)
+    assert summary["attack_graph"]["graph"] == "folded" and summary["attack_graph"]["folded_conv_bn"] == 13
+    assert summary["attack_graph"]["max_abs_diff"] <= summary["attack_graph"]["tolerance"]
+    pgd = build_attack("pgd-ce", eps=8 / 255, steps=2)
+    odd = _trained_like(_ConvUsedTwice())
+    fallback = run_suite(odd, [pgd], _split(odd), batch_size=6, device=torch.device("cpu"))
+    assert fallback.graph["graph"] == "original" and "differ" in fallback.graph["reason"]

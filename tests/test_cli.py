@@ -54,6 +54,7 @@ def test_attack_by_run_dir_and_by_zoo_name(trained_run: Path, run_cli, tmp_path:
     assert res["n"] == 40 and 0 <= res["robust_accuracy"] <= res["clean_accuracy"] <= 1
     assert len(res["per_example"]["robust_correct"]) == 40
     assert {"seconds", "versions", "seed", "checks", "forward_passes"} <= set(res)
+    assert (res["attack_graph"]["graph"], res["attack_graph"]["folded_conv_bn"]) == ("folded", 13)
     assert res["valid"] == (out.returncode == 0) and res["valid"] == (not res["invalid_reasons"])
     assert "pgd" in out.stdout and "robust" in out.stdout  # the table
     by_name = run_cli("attack", "--model", "cifar10-vgg", "--runs-dir", str(runs), "--attack", "fgsm",

@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from torch import nn
 from robust_uatt.attacks import Attack
 from robust_uatt.attacks.base import input_gradient
 from robust_uatt.data.datasets import Split, to_float
+from robust_uatt.evaluation.attack_graph import attack_graph
 from robust_uatt.evaluation.intervals import clopper_pearson
 from robust_uatt.evaluation.intervals import describe as describe_ci
 from robust_uatt.evaluation.judging import judge_correct
@@ -103,6 +104,7 @@ class AttackRecord:
 class SuiteOutcome:
     clean_correct: torch.Tensor  # bool (n,)
     records: list[AttackRecord]
+    graph: dict[str, Any] = field(default_factory=dict)  # which graph the attacks ran on (AttackGraph.describe)
 
     def robust_correct(self) -> torch.Tensor:
         robust = self.clean_correct.clone()
@@ -154,8 +156,10 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
     key = _config_key({"config": config or {}, "attacks": [a.describe() for a in attacks], "n": len(data),
                        "cascade": cascade, "batch_size": batch_size, **({"draws": draws} if draws != 1 else {})})
     clean, records = _load_state(state_path, key, attacks)
+    graph = attack_graph(model, to_float(data.x[:batch_size].to(device)))  # BatchNorm folded, where exact
     counter = PassCounter()
-    with frozen_parameters(model), counter.attached(model), progress_bar(console) as progress:
+    with frozen_parameters(model), counter.attached(model), progress_bar(console) as progress, \
+            counter.attached(graph.module) if graph.module is not model else nullcontext():
         if clean is None:
             clean = correct(model, data.x, data.y, batch_size, device, draws)
             _save_state(state_path, key, clean, records)
@@ -186,7 +190,8 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
                     continue
                 t0 = time.perf_counter()
                 f0, b0 = counter.forwards, counter.backwards
-                broken, linf, violation, flipped = _attack_batch(model, attack, data, idx, device, draws)
+                broken, linf, violation, flipped = _attack_batch(graph.module, attack, data, idx, device,
+                                                                 judge=model, draws=draws)
                 rec.left_train_mode += int(bool(flipped))
                 rec.left_train_modules = sorted(set(rec.left_train_modules) | set(flipped))
                 if violation:
@@ -201,7 +206,7 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
                 progress.update(task, advance=len(idx))
             rec.done = True
             _save_state(state_path, key, clean, records)
-    return SuiteOutcome(clean, records)
+    return SuiteOutcome(clean, records, graph.describe())
 
 
 def gradient_probe(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor) -> str | None:
@@ -229,9 +234,11 @@ def gradient_probe(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.T
 
 
 def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tensor, device: torch.device,
-                  draws: int = 1) -> tuple[list[int], float, str | None, list[str]]:
-    """Attack one batch; return the indices the harness verified as broken, the largest L-inf perturbation, and a
-    violation (inputs outside [0,1] or the eps-ball, NaN): then nothing of the batch counts and the run is INVALID."""
+                  judge: nn.Module, draws: int = 1) -> tuple[list[int], float, str | None, list[str]]:
+    """Attack one batch on ``model`` (the attack graph); return the indices the harness verified as broken on
+    ``judge`` (the original model), the largest L-inf perturbation, a violation (inputs outside [0,1] or the
+    eps-ball, NaN: then nothing of the batch counts and the run is INVALID) and the submodules the attack left in
+    train mode."""
     x = to_float(data.x[idx].to(device, non_blocking=True))
     y = data.y[idx].to(device, non_blocking=True)
     eps = attack.budget.eps
@@ -248,7 +255,7 @@ def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tens
         return [], linf, f"inputs outside [0, 1] (min {float(adv.min()):.4g}, max {float(adv.max()):.4g})", flipped
     if attack.bounded and linf > eps + 1e-6:
         return [], linf, f"left the eps-ball: |delta|_inf = {linf:.6g} > {eps:.6g}", flipped
-    fooled = (~judge_correct(model, adv, y, draws)).cpu()  # exact float32, on the batch the attack saw
+    fooled = (~judge_correct(judge, adv, y, draws)).cpu()  # exact float32, on the batch the attack saw
     return idx[fooled].tolist(), linf, None, flipped
 
 
@@ -274,6 +281,7 @@ def summarize(outcome: SuiteOutcome, paper_attack: str | None = None) -> dict[st
         "seconds": sum(r.seconds for r in outcome.records),
         "forward_passes": sum(r.forwards for r in outcome.records),
         "backward_passes": sum(r.backwards for r in outcome.records),
+        "attack_graph": outcome.graph,
     }
     paper = next((r for r in outcome.records if r.info["name"] == paper_attack), None)
     if paper is not None:

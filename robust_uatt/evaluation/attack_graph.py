@@ -113,6 +113,8 @@ def attack_graph(model: nn.Module, x: Tensor, *, rtol: float = RTOL, atol: float
 
     model: in eval mode (the harness sets it); x: (B, ...) inputs in the model's input space, on its device.
     """
+    if len(x) == 0:
+        return AttackGraph(model, "original", reason="no inputs to check a folded graph on")
     try:
         graph, folded, skipped, dropouts = fold_batchnorm(model)
     except Exception as e:  # a model deepcopy cannot handle (open handles, custom __deepcopy__): attack the original
