@@ -109,10 +109,23 @@ def _unpack_state(tensors: dict, meta: dict, opt: torch.optim.Optimizer, gen: to
     for idx, values in meta.get("optim_scalars", {}).items():
         state.setdefault(int(idx), {}).update(values)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    _match_parameter_layout(opt)
     torch.set_rng_state(tensors["rng.cpu"])
     gen.set_state(tensors["rng.data"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+def _match_parameter_layout(opt: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (moments, momentum) its parameter's memory layout again: a checkpoint
+    hands them back contiguous, while VGG's conv weights are channels_last, and torch's fused optimizers pair
+    elements in memory order whatever the strides, so a mismatch would silently update the wrong elements."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _all_finite(model: nn.Module) -> bool:
