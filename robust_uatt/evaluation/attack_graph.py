@@ -21,6 +21,7 @@ elsewhere too (its forward calls ``seq[0]`` by hand) is not exact after folding;
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,18 @@ class AttackGraph:
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     """Whether ``bn`` after ``conv`` is a fixed affine map of matching dimension (eval mode, running statistics)."""
     pair = next((p for p in FOLDABLE if type(conv) is p[0]), None)  # exact types: a subclass may change forward
-    return (pair is not None and type(bn) is pair[1] and not bn.training and bn.running_mean is not None
-            and bn.running_var is not None and conv.out_channels == bn.num_features)
+    return (pair is not None and type(bn) is pair[1] and not conv.training and not bn.training
+            and bn.running_mean is not None and bn.running_var is not None and conv.out_channels == bn.num_features)
+
+
+def _conv_bn_pairs(model: nn.Module) -> Iterator[tuple[nn.Sequential, str, str, bool]]:
+    """(Sequential, conv's name, BatchNorm's name, foldable) for every conv directly followed by a BatchNorm."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if isinstance(conv, nn.modules.conv._ConvNd) and isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                yield seq, a, b, _foldable(conv, bn)
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int, int, int]:
@@ -76,17 +87,11 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int, int, int]:
     """
     graph = copy.deepcopy(model)  # modes kept as they are: the copy must compute what the original computes
     folded = skipped = dropouts = 0
-    for seq in [m for m in graph.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = seq._modules[a], seq._modules[b]
-            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and isinstance(conv, nn.modules.conv._ConvNd):
-                if _foldable(conv, bn) and not conv.training:
-                    seq._modules[a] = fuse_conv_bn_eval(conv, bn)
-                    seq._modules[b] = nn.Identity()
-                    folded += 1
-                else:
-                    skipped += 1
+    for seq, a, b, foldable in list(_conv_bn_pairs(graph)):
+        if foldable:
+            seq._modules[a] = fuse_conv_bn_eval(seq._modules[a], seq._modules[b])
+            seq._modules[b] = nn.Identity()
+        folded, skipped = folded + foldable, skipped + (not foldable)
     for parent in list(graph.modules()):
         for name, child in list(parent._modules.items()):
             if type(child) in DROPOUTS and not child.training:
@@ -115,13 +120,14 @@ def attack_graph(model: nn.Module, x: Tensor, *, rtol: float = RTOL, atol: float
     """
     if len(x) == 0:
         return AttackGraph(model, "original", reason="no inputs to check a folded graph on")
+    pairs = [foldable for *_, foldable in _conv_bn_pairs(model)]
+    if not any(pairs):  # decided on the original: a large model with nothing to fold is never copied
+        return AttackGraph(model, "original", skipped=len(pairs),
+                           reason="no Conv+BatchNorm pair to fold" + (" in eval mode" if pairs else ""))
     try:
         graph, folded, skipped, dropouts = fold_batchnorm(model)
     except Exception as e:  # a model deepcopy cannot handle (open handles, custom __deepcopy__): attack the original
         return AttackGraph(model, "original", reason=f"cannot copy the model ({e.__class__.__name__}: {e})")
-    if folded == 0:
-        return AttackGraph(model, "original", skipped=skipped,
-                           reason="no Conv+BatchNorm pair to fold" + (" in eval mode" if skipped else ""))
     reference = _logits(model, x, seed=0)
     candidate = _logits(graph, x, seed=0)
     tolerance = atol + rtol * float(reference.abs().max()) if reference.numel() else atol
