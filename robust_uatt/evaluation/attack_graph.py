@@ -5,12 +5,15 @@ Why: in eval mode a BatchNorm is a fixed per-channel affine map, so ``bn(conv(x)
 (``torch.nn.utils.fusion.fuse_conv_bn_eval``). Folding removes one memory-bound pass over every activation in the
 forward and in the input-gradient backward of each PGD step (VGG16: 13 of them), at no cost in exactness beyond
 float rounding. Other exact simplifications done here: eval-mode dropout becomes ``nn.Identity`` and every
-parameter of the copy is frozen (attacks need input gradients only).
+parameter of the copy is frozen (attacks need input gradients only). Not done, because not exact: folding the
+input normalization into the first conv (its zero padding lives in normalized space, so border outputs change).
 
 Used only where exact: :func:`attack_graph` compares the folded copy's logits with the original's on one batch
 (the first of the run) and falls back to the original model when they differ by more than the tolerance, when the
 model cannot be copied, or when there is nothing to fold; :class:`AttackGraph.describe` says which graph ran and why
-(results.json, ``attack_graph``). The harness judges every verdict on the original model, never on this copy.
+(results.json, ``attack_graph``). The harness judges every verdict on the original model, never on this copy (an
+attack's own early stop reads the copy's logits: a point within ~1e-5 of the decision boundary may be dropped or
+kept by the attack a step early or late, which can only change how hard it was attacked, never its verdict).
 
 Which pairs fold: a ``Conv{1,2,3}d`` directly followed, inside an ``nn.Sequential``, by a ``BatchNorm{1,2,3}d`` of
 the same dimension that is in eval mode and has running statistics (a BatchNorm in train mode, or one without
