@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 locked = _flock(fd)
             except BlockingIOError:
@@ -209,7 +210,7 @@ class RunLock:
                 return self._acquire_exclusive()
             # The previous owner may have unlinked the file between our open and flock: lock the file on disk.
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
             except FileNotFoundError:
                 same = False
             if not same:
@@ -224,8 +225,12 @@ class RunLock:
     def _acquire_exclusive(self) -> "RunLock":
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NO_FOLLOW, 0o644)
             except FileExistsError:
+                try:
+                    _open_lock_file(self.path, os.O_RDONLY, close=True)  # a link or a FIFO: refused, kept
+                except FileNotFoundError:
+                    continue
                 owner = self.owner()
                 if owner is not None and owner.get("pid") != os.getpid() and _owner_alive(owner):
                     raise UserError(self._busy_message()) from None
@@ -240,9 +245,15 @@ class RunLock:
     def owner(self) -> dict[str, Any] | None:
         """What the lock file says about its owner (None if unreadable); old files hold a bare pid."""
         try:
-            text = self.path.read_text().strip()
+            fd = _open_lock_file(self.path, os.O_RDONLY)
+        except (OSError, UserError):
+            return None
+        try:
+            text = os.read(fd, 4096).decode(errors="replace").strip()
         except OSError:
             return None
+        finally:
+            os.close(fd)
         try:
             owner = json.loads(text)
         except json.JSONDecodeError:
@@ -260,10 +271,10 @@ class RunLock:
 
     def check_free(self) -> None:
         """Raise the 'in use' UserError if another live process holds the lock; takes nothing."""
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             return
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = _open_lock_file(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return
         try:
@@ -283,7 +294,7 @@ class RunLock:
             return
         if self._fd is not None:
             try:  # unlink while still locked, then unlock by closing; a racing opener re-checks the inode
-                if os.fstat(self._fd).st_ino == os.stat(self.path).st_ino:
+                if os.fstat(self._fd).st_ino == os.lstat(self.path).st_ino:
                     self.path.unlink()
             except FileNotFoundError:
                 pass
@@ -298,6 +309,30 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# Never follow a link named .lock (it could point at any file the user can write) and never block on a FIFO.
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_SAFE_OPEN = _NO_FOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_lock_file(path: Path, flags: int, close: bool = False) -> int:
+    """Open ``path`` without following a symbolic link; anything but a regular file is refused (UserError)."""
+    try:
+        fd = os.open(path, flags | _SAFE_OPEN, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise UserError(f"{path} is a symbolic link; a lock file must be a regular file (remove it if this "
+                            f"directory is yours)") from None
+        if e.errno == errno.ENXIO:  # a FIFO without a reader
+            raise UserError(f"{path} is not a regular file; remove it if this directory is yours") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path} is not a regular file; remove it if this directory is yours")
+    if close:
+        os.close(fd)
+    return fd
 
 
 def _flock(fd: int) -> bool:

@@ -1,0 +1,114 @@
+"""Reliability, round 2 (issue 10): each test failed on the code before its fix.
+
+Driven through ``robust_uatt.cli.main`` (in-process) or ``python -m robust_uatt`` (subprocesses) on a tiny MLP
+trained in seconds on the synthetic data of conftest.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from robust_uatt import cli
+from tests.conftest import REPO
+
+TINY = """
+description = "tiny MLP for reliability tests"
+dataset = "cifar10"
+[model]
+arch = "mlp"
+hidden = 16
+[train]
+epochs = 1
+batch_size = 25
+optimizer = "adam"
+lr = 0.003
+limit_train = 100
+limit_val = 50
+limit_test = 50
+"""
+
+
+def main(*argv: str) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(argv))
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def one_line_error(code: int, err: str) -> None:
+    assert code == 2, err
+    assert err.startswith("robust-uatt: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def env(data_dir: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "ROBUST_UATT_DATA": str(data_dir), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+            "COLUMNS": "200", **extra}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A finished run of the tiny recipe (its folder)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    (folder / "tiny.toml").write_text(TINY)
+    code, _, err = main("train", str(folder / "tiny.toml"), "--out", str(folder / "run"), "--data-dir",
+                        str(data_dir), "--no-download", "--device", "cpu")
+    assert code == 0, err
+    return folder / "run"
+
+
+def attack(tiny: Path, data_dir: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    return main("attack", "--model", str(tiny), "--attack", "pgd-ce", "--steps", "3", "--eps", "8/255", "--n", "20",
+                "--batch-size", "10", "--data-dir", str(data_dir), "--no-download", "--device", "cpu",
+                "--out", str(out), *extra)
+
+
+# ---- 1. the run lock never follows a link and refuses what is not a regular file --------------------------------
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "v.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / ".lock").symlink_to(victim)
+    code, _, err = attack(tiny, data_dir, out)
+    one_line_error(code, err)
+    assert "symbolic link" in err
+    assert victim.read_text() == "precious\n"
+    assert not (out / "state.json").exists() and not (out / "results.json").exists()
+
+
+def test_a_lock_file_that_is_a_fifo_or_a_link_to_dev_zero_is_one_line(tiny: Path, data_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    fifo_dir, zero_dir = tmp_path / "fifo", tmp_path / "zero"
+    fifo_dir.mkdir()
+    zero_dir.mkdir()
+    os.mkfifo(fifo_dir / ".lock")
+    (zero_dir / ".lock").symlink_to("/dev/zero")
+    for out in (fifo_dir, zero_dir):
+        code, _, err = attack(tiny, data_dir, out)
+        one_line_error(code, err)
+        assert not (out / "results.json").exists()
+
+
+def test_train_into_a_directory_with_a_symlinked_lock_is_refused(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "v.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(victim)
+    code, _, err = main("train", str(tiny.parent / "tiny.toml"), "--out", str(out), "--data-dir", str(data_dir),
+                        "--no-download", "--device", "cpu")
+    one_line_error(code, err)
+    assert victim.read_text() == "precious\n" and not (out / "model.safetensors").exists()
