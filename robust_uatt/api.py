@@ -222,8 +222,9 @@ def _build_attacks(plan: _Plan, num_classes: int, eot: int, device: torch.device
                    runs_dir: str | Path) -> list[Attack]:
     attacks = []
     for entry in plan.suite.entries:
-        known = ATTACKS[entry.name].options
-        options = {**entry.options, **{k: v for k, v in plan.options.items() if k in known}}
+        cls = ATTACKS[entry.name]
+        options = {**entry.options, **{k: v for k, v in plan.options.items()
+                                       if k in cls.options and k not in cls.internal_options}}
         if entry.name == "transfer":
             source, _, _ = load_trained(options["source"], runs_dir)
             options["source_model"] = source.to(device).eval().requires_grad_(False)
@@ -231,7 +232,8 @@ def _build_attacks(plan: _Plan, num_classes: int, eot: int, device: torch.device
             options["n_classes"] = num_classes
         attacks.append(build_attack(entry.name, eps=plan.eps, alpha=plan.alpha, steps=entry.steps, seed=plan.seed,
                                     eot=entry.eot or eot, options=options))
-    unused = set(plan.options) - {k for e in plan.suite.entries for k in ATTACKS[e.name].options}
+    unused = set(plan.options) - {k for e in plan.suite.entries for k in ATTACKS[e.name].options
+                                  if k not in ATTACKS[e.name].internal_options}
     if unused:
         raise UserError(f"--option {sorted(unused)[0]} is not an option of any attack in the run")
     return attacks

@@ -112,3 +112,43 @@ def test_train_into_a_directory_with_a_symlinked_lock_is_refused(tiny: Path, dat
                         "--no-download", "--device", "cpu")
     one_line_error(code, err)
     assert victim.read_text() == "precious\n" and not (out / "model.safetensors").exists()
+
+
+# ---- 2. an attack that cannot move is refused; option values are validated before anything is written -----------
+
+@pytest.mark.parametrize("extra, message", [
+    (["--option", "restarts=0"], "restarts"),
+    (["--option", "restarts=-1"], "restarts"),
+    (["--alpha", "0"], "alpha"),
+    (["--option", "restarts=abc"], "restarts"),
+    (["--option", "restarts=inf"], "restarts"),
+    (["--option", "restarts=1.5"], "restarts"),
+    (["--option", "early_stop=maybe"], "early_stop"),
+    (["--attack", "pgd-bpda", "--option", "tau=abc"], "tau"),
+    (["--attack", "pgd-bpda", "--option", "tau=0"], "tau"),
+    (["--attack", "pgd-eq14", "--option", "grad_path=sideways"], "grad_path"),
+    (["--attack", "autoattack", "--option", "version=bogus"], "version"),
+    (["--option", "source_model=x"], "source_model"),
+])
+def test_attack_options_are_validated_before_the_output_exists(tiny: Path, data_dir: Path, tmp_path: Path,
+                                                               extra: list[str], message: str) -> None:
+    out = tmp_path / "out"
+    code, _, err = attack(tiny, data_dir, out, *extra)
+    one_line_error(code, err)
+    assert message in err
+    assert not out.exists()
+
+
+def test_a_suite_step_count_of_zero_is_refused_not_the_default(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    suite = tmp_path / "zero.toml"
+    suite.write_text('description = "x"\n[[attacks]]\nname = "pgd-ce"\nsteps = 0\n')
+    out = tmp_path / "out"
+    code, _, err = main("attack", "--model", str(tiny), "--suite", str(suite), "--n", "20", "--data-dir",
+                        str(data_dir), "--no-download", "--device", "cpu", "--out", str(out))
+    one_line_error(code, err)
+    assert "zero.toml" in err and "steps" in err and not out.exists()
+    suite.write_text('description = "x"\n[[attacks]]\nname = "pgd-ce"\noptions = { restarts = 0 }\n')
+    code, _, err = main("attack", "--model", str(tiny), "--suite", str(suite), "--n", "20", "--data-dir",
+                        str(data_dir), "--no-download", "--device", "cpu", "--out", str(out))
+    one_line_error(code, err)
+    assert "zero.toml" in err and "restarts" in err and not out.exists()

@@ -11,12 +11,64 @@ The harness owns evaluation: it re-runs the model on every returned x_adv and ch
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from robust_uatt.utils.errors import UserError, unknown_name
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The range a numeric option must lie in beyond its default's type (inclusive; ``above`` exclusive). Text
+    options list their values in ``Attack.choices``."""
+
+    low: float | None = None
+    above: float | None = None
+    high: float | None = None
+
+
+def _kind(default: Any) -> str:
+    """The kind of value an option takes, from its default: bool, int, float (ints too), str; '' for no default."""
+    if isinstance(default, (bool, int, float, str)):
+        return type(default).__name__
+    return ""
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def check_option(attack: str, key: str, value: Any, default: Any, rule: Rule | None, where: str = "",
+                 choices: tuple[Any, ...] = ()) -> None:
+    """Raise a UserError unless ``value`` has the default's type, is one of ``choices`` (if any) and obeys ``rule``
+    (the message quotes the value)."""
+    at = f" in {where}" if where else ""
+    got = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}..."
+    kind = _kind(default)
+    ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": _finite_number(value), "str": isinstance(value, str), "": True}[kind]
+    if not ok:
+        raise UserError(f"option {key} of attack {attack}{at} must be {kind} (like {default!r}), got {got}")
+    if choices and value not in choices:
+        raise unknown_name(f"{key} of attack {attack}{at}:", str(value), choices)
+    if rule is None:
+        return
+    if rule.low is not None and value < rule.low:
+        raise UserError(f"option {key} of attack {attack}{at} must be >= {rule.low}, got {got}")
+    if rule.above is not None and value <= rule.above:
+        raise UserError(f"option {key} of attack {attack}{at} must be > {rule.above}, got {got}")
+    if rule.high is not None and value > rule.high:
+        raise UserError(f"option {key} of attack {attack}{at} must be <= {rule.high}, got {got}")
 
 
 @dataclass
@@ -53,17 +105,49 @@ class Attack:
     gradient_based: ClassVar[bool] = False  # ascends an input gradient: the harness probes it first (gradient_probe)
     default_steps: ClassVar[int] = 10
     steps_meaning: ClassVar[str] = "iterations"
-    options: ClassVar[dict[str, Any]] = {}  # accepted options and their defaults
+    uses_alpha: ClassVar[bool] = False  # True for attacks that step by alpha (then alpha 0 is refused)
+    options: ClassVar[dict[str, Any]] = {}  # accepted options and their defaults (whose type a value must have)
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # the values a text option may take
     # Whether the attack handles sequence models (logits (B, K, S), labels (B, S); models.outputs): our own loops do,
     # the library adapters assume (B, K) logits and are refused for them.
     sequences: ClassVar[bool] = False
+    option_rules: ClassVar[dict[str, Rule]] = {}  # the ranges numeric options must lie in
+    internal_options: ClassVar[frozenset[str]] = frozenset({"n_classes"})  # set by the harness, not by users
 
     def __init__(self, budget: Budget) -> None:
+        """Validate the budget and every option now, before any output exists: a wrong value is a UserError."""
+        self.check_budget(budget)
+        self.check_options(budget.options, internal=True)
         self.budget = budget
         self.opts = {**self.options, **budget.options}
         self.left_train_mode: list[str] = []  # submodules the last call found in train mode afterwards (restored)
         self.notes: list[str] = []
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], where: str = "", internal: bool = False) -> None:
+        """Types (from the defaults), ranges and choices of user-given options; unknown names are refused, and so
+        are the harness's own options (``internal_options``) unless ``internal``."""
+        for key, value in options.items():
+            if key in cls.internal_options and internal:
+                continue
+            if key not in cls.options or key in cls.internal_options:
+                raise unknown_name(f"option of attack {cls.name}{f' in {where}' if where else ''}:", key, cls.options)
+            check_option(cls.name, key, value, cls.options[key], cls.option_rules.get(key), where,
+                         cls.choices.get(key, ()))
+
+    @classmethod
+    def check_budget(cls, b: Budget) -> None:
+        """eps in [0, 1], a positive finite step size (an attack with alpha 0 never moves), steps and eot >= 1."""
+        if not (isinstance(b.eps, (int, float)) and math.isfinite(b.eps) and 0 <= b.eps <= 1):
+            raise UserError(f"{cls.name}: eps must lie in [0, 1], got {b.eps!r}")
+        if not (isinstance(b.alpha, (int, float)) and math.isfinite(b.alpha) and b.alpha >= 0):
+            raise UserError(f"{cls.name}: the step size alpha must be a finite number >= 0, got {b.alpha!r}")
+        if b.alpha == 0 and b.eps > 0 and cls.uses_alpha:
+            raise UserError(f"{cls.name}: the step size alpha must be > 0 (with alpha 0 the attack never moves)")
+        for key in ("steps", "eot"):
+            value = getattr(b, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{cls.name}: {key} must be a positive integer, got {value!r}")
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
         raise NotImplementedError

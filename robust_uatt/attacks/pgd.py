@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robust_uatt.attacks.base import Attack, attack_mode, has_top_down, per_example_uniform, register_attack
+from robust_uatt.attacks.base import Attack, Rule, attack_mode, has_top_down, per_example_uniform, register_attack
 from robust_uatt.evaluation.judging import correct_votes
 from robust_uatt.models.outputs import margin, position_margins
 
@@ -163,8 +163,10 @@ class PGDBase(Attack):
     default_steps = 30
     sequences = True
     gradient_based = True
+    uses_alpha = True
     options = {"restarts": 1, "random_start": True, "early_stop": True, "stop_margin": STOP_MARGIN, "loss": "ce"}
     choices = {"loss": tuple(LOSSES)}
+    option_rules = {"restarts": Rule(low=1, high=10_000), "stop_margin": Rule(low=0)}  # restarts 0: no attack
 
     @property
     def loss_fn(self) -> LossFn:
@@ -242,6 +244,7 @@ class PGDBPDA(PGDBase):
     name = "pgd-bpda"
     description = "PGD-CE through the whole model with BPDA: the top-down argmax relaxed to softmax(Q/tau) backward"
     options = {**PGDBase.options, "tau": 0.1}
+    option_rules = {**PGDBase.option_rules, "tau": Rule(above=0)}
 
     def switches(self) -> dict[str, Any]:
         return {"bpda_tau": float(self.opts["tau"]), "grad_path": "full"}

@@ -18,7 +18,9 @@ class Transfer(Attack):
     description = ("PGD-CE on a source model, evaluated on the target (black-box transfer); of the source's iterates, "
                    "the one that does best on the target is kept (one target query per step)")
     default_steps = 30
-    options = {"source_model": None, "source": None}
+    uses_alpha = True
+    options = {"source_model": None, "source": ""}  # source: zoo name, run directory or file (--source)
+    internal_options = frozenset({"source_model"})  # the loaded source model, set by the harness
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor) -> Tensor:
         source = self.opts["source_model"]

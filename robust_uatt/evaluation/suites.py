@@ -75,9 +75,10 @@ def load_suite(name: str) -> Suite:
             raise unknown_name(f"attack in {where}:", e["name"], ATTACKS)
         if e.get("role", "") not in ROLES:
             raise unknown_name(f"role in {where}:", e["role"], ("paper",))
-        for key in e.get("options", {}):
-            if key not in ATTACKS[e["name"]].options:
-                raise unknown_name(f"option of {e['name']} in {where}:", key, ATTACKS[e["name"]].options)
+        for key in ("steps", "eot"):
+            if key in e and e[key] < 1:  # 0 would silently become the default; negative makes no sense
+                raise UserError(f"{where}: {key} must be >= 1, got {e[key]}")
+        ATTACKS[e["name"]].check_options(e.get("options", {}), where)  # names, types, ranges and choices
         entries.append(SuiteEntry(e["name"], e.get("steps"), e.get("eot"), e.get("role", ""), e.get("options", {})))
     if sum(e.role == "paper" for e in entries) > 1:
         raise UserError(f"{path}: at most one attack may have role = \"paper\"")

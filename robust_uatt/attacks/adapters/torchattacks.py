@@ -36,6 +36,7 @@ class TAPGD(TorchattacksAttack):
     name = "pgd"
     description = "PGD with random start, CE loss (torchattacks.PGD)"
     default_steps = 20
+    uses_alpha = True
 
     def build(self, model):
         import torchattacks
