@@ -342,6 +342,7 @@ def _run(model: nn.Module, data: Split, plan: _Plan, attacks: list[Attack], orig
     outcome = run_suite(model, attacks, data, batch_size=plan.batch_size, device=device, cascade=plan.cascade,
                         uncascaded=frozenset({plan.suite.paper_attack} - {None}), state_path=state_path,
                         config=config, console=console, draws=draws)
+    seed_all(plan.seed)  # the checks draw the same numbers whether or not the attacks were resumed
     checks = _checks(model, data, outcome, attacks, plan, num_classes, device, eot) if plan.checks != "none" else []
     valid, reasons = gate(checks)
     result = _result(outcome, attacks, plan, origin, data, eot, valid, reasons, checks, device, command)

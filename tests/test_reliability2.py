@@ -152,3 +152,67 @@ def test_a_suite_step_count_of_zero_is_refused_not_the_default(tiny: Path, data_
                         str(data_dir), "--no-download", "--device", "cpu", "--out", str(out))
     one_line_error(code, err)
     assert "zero.toml" in err and "restarts" in err and not out.exists()
+
+
+# ---- 3. a killed-and-rerun attack on a stochastic model ends as an uninterrupted one -----------------------------
+
+STOCHASTIC = '''
+import torch
+from torch import nn
+
+
+class Noisy(nn.Module):
+    """A linear classifier whose "sample" policy adds strong noise from torch's global generator."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(3 * 32 * 32, 10)
+        self.policy = "mean"
+
+    def forward(self, x):
+        logits = self.linear(x.flatten(1))
+        if self.policy == "sample":
+            logits = logits + 0.3 * torch.randn_like(logits)
+        return logits
+
+
+def build():
+    return Noisy()
+'''
+
+
+def _simulate_kill(out: Path, keep_batches: int, batch_size: int) -> None:
+    """Rewrite state.json as a kill after ``keep_batches`` batches of the first attack leaves it; drop the results."""
+    state = json.loads((out / "state.json").read_text())
+    rec = state["records"][0]
+    redo = {i for b in rec["batches_done"] if b >= keep_batches
+            for i in rec["attacked"][b * batch_size:(b + 1) * batch_size]}
+    rec["batches_done"] = [b for b in rec["batches_done"] if b < keep_batches]
+    rec["broken"] = [i for i in rec["broken"] if i not in redo]
+    rec["done"] = False
+    (out / "state.json").write_text(json.dumps(state))
+    (out / "results.json").unlink()
+    (out / "results.md").unlink()
+
+
+def test_resumed_attack_on_a_stochastic_model_matches_an_uninterrupted_one(data_dir: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "rel2_noisy.py").write_text(STOCHASTIC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def run(out: Path) -> dict:
+        code, _, err = main("attack", "--model-factory", "rel2_noisy:build", "--dataset", "cifar10", "--policy",
+                            "sample", "--eot", "2", "--attack", "pgd-ce", "--steps", "1", "--eps", "1/255", "--n",
+                            "200", "--batch-size", "2", "--checks", "none", "--data-dir", str(data_dir),
+                            "--no-download", "--device", "cpu", "--out", str(out))
+        assert code == 0, err
+        return json.loads((out / "results.json").read_text())
+
+    straight = run(tmp_path / "straight")
+    run(tmp_path / "killed")
+    _simulate_kill(tmp_path / "killed", keep_batches=2, batch_size=2)
+    resumed = run(tmp_path / "killed")
+    assert resumed["per_example"] == straight["per_example"]
+    assert resumed["robust_accuracy"] == straight["robust_accuracy"]
+    assert [a["broken"] for a in resumed["attacks"]] == [a["broken"] for a in straight["attacks"]]

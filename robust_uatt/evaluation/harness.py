@@ -190,6 +190,9 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
                     continue
                 t0 = time.perf_counter()
                 f0, b0 = counter.forwards, counter.backwards
+                # A stochastic model (--policy sample) draws from the global generator: seed it per (attack, batch),
+                # so a batch recomputed after a kill sees the same draws as in an uninterrupted run.
+                torch.manual_seed(_batch_seed(attack.budget.seed, records.index(rec), b))
                 broken, linf, violation, flipped = _attack_batch(graph.module, attack, data, idx, device,
                                                                  judge=model, draws=draws)
                 rec.left_train_mode += int(bool(flipped))
@@ -231,6 +234,10 @@ def gradient_probe(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.T
                         "the model's cross-entropy has a gradient there; it would only report its random start "
                         "(check its options, e.g. grad_path)")
     return None
+
+
+def _batch_seed(seed: int, attack_position: int, batch: int) -> int:
+    return (seed * 1_000_003 + attack_position * 7_919 + batch * 104_729 + 1) % 2**63
 
 
 def _attack_batch(model: nn.Module, attack: Attack, data: Split, idx: torch.Tensor, device: torch.device,
