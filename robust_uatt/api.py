@@ -43,8 +43,17 @@ from robust_uatt.training.loop import CHECKPOINT, CONFIG, WEIGHTS
 from robust_uatt.training.loop import train as train_recipe
 from robust_uatt.utils.eps import parse_eps
 from robust_uatt.utils.errors import UserError, unknown_name
-from robust_uatt.utils.files import RunLock, check_writable, load_state_into, load_tensors, read_json, write_json
+from robust_uatt.utils.files import (
+    RunLock,
+    check_writable,
+    load_state_into,
+    load_tensors,
+    read_json,
+    safe_component,
+    write_json,
+)
 from robust_uatt.utils.runtime import configure, resolve_device, seed_all, versions
+from robust_uatt.viz.tables import plot_text
 
 CHECK_LEVELS = ("none", "fast", "full")
 POLICIES = ("mean", "sample")
@@ -276,8 +285,8 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
     _check_sequence_support(built, data)
     if save or out is not None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        out = Path(out) if out is not None else \
-            Path(runs_dir) / "attacks" / str(origin.info["name"]).replace(":", "_") / f"{stamp}-{plan.suite.name}"
+        out = Path(out) if out is not None else Path(runs_dir) / "attacks" / safe_component(origin.info["name"]) / \
+            safe_component(f"{stamp}-{plan.suite.name}")
         if (out / RESULTS_FILE).exists():
             raise UserError(f"{out}/{RESULTS_FILE} exists; choose another --out")
         check_writable(out)
@@ -430,7 +439,7 @@ def security_curve(model: nn.Module, x: torch.Tensor | None = None, y: torch.Ten
     origin = _origin(model)
     if save or out is not None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        out = Path(out) if out is not None else Path(runs_dir) / "curves" / str(origin.info["name"]) / stamp
+        out = Path(out) if out is not None else Path(runs_dir) / "curves" / safe_component(origin.info["name"]) / stamp
         if (out / "curve.json").exists():
             raise UserError(f"{out}/curve.json exists; choose another --out")
         check_writable(out)
@@ -458,8 +467,8 @@ def security_curve(model: nn.Module, x: torch.Tensor | None = None, y: torch.Ten
         from robust_uatt.viz.plots import plot_curve
 
         write_json(out / "curve.json", curve)
-        plot_curve(curve, out / "curve.png", f"{curve['model']['name']}: {curve['suite']}, first {len(data)} test "
-                                             "images")
+        plot_curve(curve, out / "curve.png",
+                   plot_text(f"{curve['model']['name']}: {curve['suite']}, first {len(data)} test images"))
         curve["path"] = str(out / "curve.json")
     return curve
 
@@ -482,7 +491,7 @@ def train(name: str | None = None, preset: str | None = None, out: str | Path | 
         recipe = load_recipe(name, preset)
         _override(recipe, overrides)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(out) if out else Path(runs_dir) / recipe.name / stamp
+        run_dir = Path(out) if out else Path(runs_dir) / safe_component(recipe.name) / stamp
         if run_dir.is_dir():
             RunLock(run_dir).check_free()
         if (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists():
@@ -593,7 +602,7 @@ def draw_glimpses(model: nn.Module, out: str | Path, *, n: int = 8, policy: str 
         preds = decide(model(x)).cpu()
     trace = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in trace.items()}
     plot_glimpses(x.cpu(), trace, out, labels=data.y, preds=preds,
-                  title=f"{origin.info['name']} ({policy} policy), first {len(data)} test images")
+                  title=plot_text(f"{origin.info['name']} ({policy} policy), first {len(data)} test images"))
     return Path(out)
 
 

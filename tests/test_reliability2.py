@@ -216,3 +216,71 @@ def test_resumed_attack_on_a_stochastic_model_matches_an_uninterrupted_one(data_
     assert resumed["per_example"] == straight["per_example"]
     assert resumed["robust_accuracy"] == straight["robust_accuracy"]
     assert [a["broken"] for a in resumed["attacks"]] == [a["broken"] for a in straight["attacks"]]
+
+
+# ---- 4. a name read from a file is data: sanitized for paths, escaped for the terminal ---------------------------
+
+def craft_checkpoint(tiny: Path, path: Path, **recipe_changes: object) -> Path:
+    """The tiny run's weights with its header's recipe edited (name, model size, ...): what a stranger could send."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    src = tiny / "model.safetensors"
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+    recipe = json.loads(meta["recipe"])
+    for key, value in recipe_changes.items():
+        if key in recipe:
+            recipe[key] = value
+        else:
+            recipe["model"][key] = value
+    meta["recipe"] = json.dumps(recipe)
+    save_file(load_file(str(src)), str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "<absolute>", "a/../../b", ".."])
+def test_a_recipe_name_from_a_checkpoint_never_leaves_the_runs_directory(tiny: Path, data_dir: Path, tmp_path: Path,
+                                                                         name: str) -> None:
+    outside = tmp_path / "outside"
+    weights = craft_checkpoint(tiny, tmp_path / "w.safetensors", name=name.replace("<absolute>", str(outside)))
+    runs = tmp_path / "deep" / "er" / "runs"
+    code, out, err = main("attack", "--model", str(weights), "--attack", "pgd-ce", "--steps", "2", "--n", "20",
+                          "--checks", "none", "--runs-dir", str(runs), "--data-dir", str(data_dir), "--no-download",
+                          "--device", "cpu")
+    assert code == 0, err
+    written = Path(out.strip().splitlines()[-1]).resolve()
+    assert written.is_file() and (runs / "attacks").resolve() in written.parents
+    assert not outside.exists() and not (tmp_path / "deep" / "escaped").exists()
+
+
+HOSTILE = "[/bold]\x1b]0;owned\x07\x1b[31mred[bold"
+
+
+def test_a_hostile_recipe_name_prints_as_text(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    weights = craft_checkpoint(tiny, tmp_path / "w.safetensors", name=HOSTILE)
+    code, out, err = main("attack", "--model", str(weights), "--attack", "pgd-ce", "--steps", "2", "--n", "20",
+                          "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir), "--no-download",
+                          "--device", "cpu")
+    assert code == 0, err
+    assert "\x1b" not in out and "\x07" not in out and "[/bold]" in out  # the name, shown as text
+    results = Path(out.strip().splitlines()[-1])
+    assert json.loads(results.read_text())["model"]["name"] == HOSTILE  # recorded as it is
+
+
+def test_compare_prints_a_hostile_model_name_as_text(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    code, out, err = attack(tiny, data_dir, tmp_path / "a", "--checks", "none")
+    assert code == 0, err
+    result = json.loads((tmp_path / "a" / "results.json").read_text())
+    result["model"]["name"] = HOSTILE
+    (tmp_path / "a" / "results.json").write_text(json.dumps(result))
+    board = tmp_path / "board"
+    board.mkdir()
+    (board / "cifar10_Linf.csv").write_text(
+        "model_id,name,architecture,clean_acc,autoattack_acc,eps,dataset,unreliable\n"
+        "Standard,Standard,WideResNet-28-10,94.78,0.0,8/255,cifar10,False\n"
+        "Evil[/bold],\x1b[31mx,ResNet-18[red,90.0,50.0,8/255,cifar10,False\n")
+    code, out, err = main("compare", "--model", str(tmp_path / "a"), "--leaderboard", str(board), "--out",
+                          str(tmp_path / "c.json"))
+    assert code == 0, err
+    assert "\x1b" not in out and "[/bold]" in out and "Evil[/bold]" in out

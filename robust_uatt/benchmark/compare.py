@@ -38,6 +38,7 @@ from robust_uatt.evaluation.intervals import format_ci, interval
 from robust_uatt.evaluation.results import EvaluationResult
 from robust_uatt.utils.eps import parse_eps_text
 from robust_uatt.utils.errors import UserError
+from robust_uatt.viz.tables import terminal_text
 
 EPS_TOL = 5e-4
 FULL_TEST_POINTS = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 5_000}  # what RobustBench evaluates on
@@ -579,8 +580,8 @@ def _with_ci(fraction: float | None, ci: list[float] | None) -> str:
 def comparison_table(c: Comparison) -> Table:
     """Leaderboard rows (top-k, Standard, ResNet-18s) with ours in bold at their rank; gaps shown as '…'."""
     n = len(c.ranked)
-    table = Table(title=f"{c.threat.label()}: RobustBench ({c.ranked[0].metric if n else 'metric'}) vs ours",
-                  caption=_caption(c))
+    table = Table(title=terminal_text(f"{c.threat.label()}: RobustBench ({c.ranked[0].metric if n else 'metric'}) vs "
+                                      f"ours"), caption=terminal_text(_caption(c)))
     for col in ("rank", "model", "architecture / suite", "AutoAttack", "n", "checks", "lossless", "clean", "robust",
                 "note"):
         table.add_column(col, justify="right" if col in ("rank", "n", "lossless", "clean", "robust") else "left",
@@ -597,15 +598,16 @@ def comparison_table(c: Comparison) -> Table:
         last = max(last, above)
         if kind == 0:
             caveats = item.robustbench_caveats()
-            table.add_row(f"({rank}/{n + 1})" if caveats else f"#{rank}/{n + 1}", item.model, *item.row_info(),
+            table.add_row(f"({rank}/{n + 1})" if caveats else f"#{rank}/{n + 1}", terminal_text(item.model),
+                          *map(terminal_text, item.row_info()),
                           _with_ci(item.clean_accuracy, item.clean_ci), _with_ci(item.robust_accuracy, item.robust_ci),
-                          "ours; NOT COMPARABLE: " + "; ".join(caveats) if caveats else "ours",
+                          terminal_text("ours; NOT COMPARABLE: " + "; ".join(caveats)) if caveats else "ours",
                           style="bold yellow" if caveats else "bold")
         else:
             note = {"top": "", "undefended": "undefended", "ResNet-18 scale": "for scale"}[c.shown[item.model_id]]
             note = ", ".join(x for x in (note, "unreliable" if item.unreliable else "") if x)
-            table.add_row(str(rank), item.model_id, item.architecture, "reference", "full", "-", "-",
-                          _fmt(item.clean_acc_pct), _fmt(item.robust_acc_pct), note)
+            table.add_row(str(rank), terminal_text(item.model_id), terminal_text(item.architecture), "reference",
+                          "full", "-", "-", _fmt(item.clean_acc_pct), _fmt(item.robust_acc_pct), note)
     if last < n:
         table.add_row(*gap)
     return table
@@ -627,8 +629,9 @@ def not_comparable_table(items: list[tuple[OurResult, str]]) -> Table:
         table.add_column(col, justify="right" if col in ("n", "lossless", "clean", "robust") else "left",
                          overflow="fold")
     for r, reason in items:
-        table.add_row(r.model, *r.row_info(), r.threat_label(), _with_ci(r.clean_accuracy, r.clean_ci),
-                      _with_ci(r.robust_accuracy, r.robust_ci), reason,
+        table.add_row(terminal_text(r.model), *map(terminal_text, r.row_info()), terminal_text(r.threat_label()),
+                      _with_ci(r.clean_accuracy, r.clean_ci), _with_ci(r.robust_accuracy, r.robust_ci),
+                      terminal_text(reason),
                       style="red" if not r.valid or r.unchecked else None)
     return table
 

@@ -49,7 +49,8 @@ def write_model_card(recipe: Recipe, run_dir: Path, model: nn.Module, *, seed: i
     # resumable run, never a "finished" one without its card).
     write_json(run_dir / CARD, card)
     save_tensors(run_dir / WEIGHTS, state, {"recipe": recipe.to_dict(), "seed": seed, "kind": "robust-uatt model"})
-    console.print(f"done: test accuracy {test_acc:.4f} on {len(test_set)} images; weights in {run_dir / WEIGHTS}")
+    console.print(f"done: test accuracy {test_acc:.4f} on {len(test_set)} images; weights in {run_dir / WEIGHTS}",
+                  markup=False)
     return card
 
 

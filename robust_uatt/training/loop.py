@@ -208,7 +208,8 @@ def _train_locked(run: Run, data_dir: str | None, resume: bool) -> dict[str, Any
     if resume:
         load_checkpoint(run.run_dir / CHECKPOINT, state)
         truncate_lines(run.run_dir / METRICS, state.metrics_lines)
-        run.console.print(f"resuming {run.run_dir} at epoch {state.epoch + 1}, step {state.step_in_epoch}")
+        run.console.print(f"resuming {run.run_dir} at epoch {state.epoch + 1}, step {state.step_in_epoch}",
+                          markup=False)
     else:
         write_json(run.run_dir / CONFIG, {"recipe": run.recipe.to_dict(), "seed": run.seed, "device": str(run.device),
                                           "data_dir": data_dir, "argv": sys.argv, "versions": versions()})

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import difflib
 import errno
+import unicodedata
 from collections.abc import Iterable
 
 
 class UserError(Exception):
     """Bad input from the user (names, numbers, files): never a traceback, always exit code 2."""
+
+
+def printable(text: object) -> str:
+    """``text`` with control, format and line/paragraph-separator characters written as escapes (\\n, \\x1b,
+    \\u202e): a value echoed from user input or a file can neither break a one-line message nor drive the terminal."""
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> UserError:

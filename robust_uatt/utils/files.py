@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -386,6 +387,13 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def safe_component(name: object, fallback: str = "model") -> str:
+    """A name read from a file (a checkpoint's recipe name, a results.json model name) as ONE path component: no
+    separators, no leading dot (so never '..'), no control characters, at most 100 characters."""
+    text = re.sub(r"[^A-Za-z0-9._+=@,-]+", "_", str(name)).lstrip(".-")[:100]
+    return text or fallback
 
 
 def check_writable(path: Path) -> None:

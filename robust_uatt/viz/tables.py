@@ -5,9 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from robust_uatt.evaluation.intervals import format_ci, interval, pct_ci
+from robust_uatt.utils.errors import printable
+
+
+def terminal_text(value: Any) -> str:
+    """Data (names from checkpoints, results.json, leaderboards) for a rich table: control characters escaped and
+    rich markup ('[/bold]') shown as text, never interpreted."""
+    return escape(printable(value))
+
+
+def plot_text(value: Any) -> str:
+    """Data for a matplotlib title: control characters escaped and '$' literal (never parsed as mathtext)."""
+    return printable(value).replace("$", r"\$")
 
 
 def _pct(x: float | None) -> str:
@@ -50,15 +63,16 @@ def attack_table(result: dict[str, Any]) -> Group:
     """Per-attack cascade rows and the headline (worst case over the suite); the sanity checks below them."""
     status = verdict(result)
     valid = status == "valid"
-    title = (f"{result['model']['name']} | {result['suite']['name']} | {threat_model_text(result['threat_model'])}"
-             f" | n={result['n']}" + ("" if valid else f"  [bold red]{status}[/]"))
+    title = (terminal_text(f"{result['model']['name']} | {result['suite']['name']} | "
+                           f"{threat_model_text(result['threat_model'])} | n={result['n']}")
+             + ("" if valid else f"  [bold red]{status}[/]"))
     table = Table(title=title)
     n = result["n"]
     for col in ("attack", "budget", "attacked", "broken", "robust after", "95% CI", "seconds", "fwd/bwd passes"):
         table.add_column(col, justify="left" if col in ("attack", "budget") else "right")
     for row in result["attacks"]:
-        table.add_row(attack_label(row), _attack_budget(row), str(row["attacked"]), str(row["broken"]),
-                      _pct(row["robust_accuracy_after"]), _ci(row, "robust_accuracy_after", n),
+        table.add_row(terminal_text(attack_label(row)), terminal_text(_attack_budget(row)), str(row["attacked"]),
+                      str(row["broken"]), _pct(row["robust_accuracy_after"]), _ci(row, "robust_accuracy_after", n),
                       f"{row['seconds']:.1f}", f"{row['forward_passes']}/{row['backward_passes']}")
     table.add_section()
     table.add_row("[bold]clean[/]", "", "", "", _pct(result["clean_accuracy"]), _ci(result, "clean_accuracy", n),
@@ -77,7 +91,7 @@ def attack_table(result: dict[str, Any]) -> Group:
     for check in result.get("checks", []):
         mark = {True: "[green]pass[/]", False: "[red]FAIL[/]" if check["gating"] else "[yellow]warn[/]",
                 None: "[dim]n/a[/]"}[check["passed"]]
-        checks.add_row(check["name"], mark)
+        checks.add_row(terminal_text(check["name"]), mark)
     return Group(table, checks) if result.get("checks") else Group(table)
 
 
@@ -126,7 +140,8 @@ def zoo_table(rows: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="right" if col == "params" else "left", overflow="fold",
                          no_wrap=col in ("name", "dataset", "params"))
     for r in rows:
-        table.add_row(r["name"], r["dataset"], f"{r['params'] / 1e6:.2f}M", ", ".join(r["presets"]), r["description"])
+        table.add_row(terminal_text(r["name"]), r["dataset"], f"{r['params'] / 1e6:.2f}M",
+                      terminal_text(", ".join(r["presets"])), terminal_text(r["description"]))
     return table
 
 
@@ -134,17 +149,17 @@ def curve_table(curve: dict[str, Any]) -> Table:
     """Accuracy against eps: the monotone curve with its 95% interval beside the raw per-eps values; the verdict of
     the sanity checks in the title, the clean accuracy in the caption."""
     n = curve["n"]
-    title = (f"{curve['model']['name']}: accuracy vs eps ({curve['suite']}, n={n}, policy "
-             f"{curve.get('policy', 'mean')}, checks {curve.get('checks_level', 'none')})")
+    title = terminal_text(f"{curve['model']['name']}: accuracy vs eps ({curve['suite']}, n={n}, policy "
+                          f"{curve.get('policy', 'mean')}, checks {curve.get('checks_level', 'none')})")
     if curve.get("valid") is False:
-        title += "  [bold red]INVALID[/]: " + "; ".join(curve.get("invalid_reasons", []))
+        title += "  [bold red]INVALID[/]: " + terminal_text("; ".join(curve.get("invalid_reasons", [])))
     table = Table(title=title)
     for col in ("eps", "robust (monotone)", "95% CI", "raw"):
         table.add_column(col, justify="right")
     cis = curve.get("robust_accuracy_ci") or [interval(r, n) for r in curve["robust_accuracy"]]
     rows = zip(curve["eps_text"], curve["eps"], curve["robust_accuracy"], cis, curve["raw_robust_accuracy"])
     for text, e, r, ci, raw in sorted(rows, key=lambda t: t[1]):
-        table.add_row(f"{text} ({e:.4g})", f"{100 * r:.2f}%", format_ci(ci), f"{100 * raw:.2f}%")
+        table.add_row(terminal_text(f"{text} ({e:.4g})"), f"{100 * r:.2f}%", format_ci(ci), f"{100 * raw:.2f}%")
     clean_ci = curve.get("clean_accuracy_ci") or interval(curve.get("clean_accuracy"), n)
     table.caption = (f"clean {pct_ci(curve.get('clean_accuracy'), clean_ci)}; [lo, hi]: 95% Clopper-Pearson "
                      f"intervals over the {n} points")
