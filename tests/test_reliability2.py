@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,28 @@ def test_compare_prints_a_hostile_model_name_as_text(tiny: Path, data_dir: Path,
                           str(tmp_path / "c.json"))
     assert code == 0, err
     assert "\x1b" not in out and "[/bold]" in out and "Evil[/bold]" in out
+
+
+# ---- 5. the "already holds a run" check is repeated under the lock ----------------------------------------------
+
+def test_a_run_that_finishes_while_a_second_train_loads_data_is_not_overwritten(tiny: Path, data_dir: Path,
+                                                                                 tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from robust_uatt.utils.files import RunLock
+
+    target = tmp_path / "run"
+    original = RunLock.acquire
+
+    def slow_data_then_lock(self: RunLock) -> RunLock:
+        # run A finishes in `target` after B's first check (B was loading its data), just before B takes the lock
+        if not target.exists():
+            shutil.copytree(tiny, target)
+        return original(self)
+
+    monkeypatch.setattr(RunLock, "acquire", slow_data_then_lock)
+    code, _, err = main("train", str(tiny.parent / "tiny.toml"), "--out", str(target), "--seed", "3", "--data-dir",
+                        str(data_dir), "--no-download", "--device", "cpu")
+    one_line_error(code, err)
+    assert "already holds a run" in err
+    for name in ("model.safetensors", "model_card.json", "config.json", "metrics.jsonl"):
+        assert (target / name).read_bytes() == (tiny / name).read_bytes(), name

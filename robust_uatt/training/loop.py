@@ -178,21 +178,44 @@ def train(recipe: Recipe, run_dir: Path, *, seed: int, device: torch.device, dat
     splits = split_data(recipe, data_dir, download)
     create_model(recipe)  # a recipe whose model cannot be built fails here, before anything is written
     created = not resume and not run_dir.exists()
-    lock = RunLock(run_dir).acquire()
     try:
+        lock = RunLock(run_dir).acquire()
+    except BaseException:
+        _remove_if_empty(run_dir, created)
+        raise
+    fresh = False  # True once this process owns a fresh run directory (and the files it writes there)
+    try:
+        _check_run_dir(run_dir, resume)  # again under the lock: another run may have finished here meanwhile
+        fresh = not resume
         remove_stale_temps(run_dir)  # left by a writer killed mid-write; we hold the lock, so none is live
         with deterministic_mode(device, deterministic):
             return _train_locked(Run(recipe, run_dir, seed, device, splits, console), data_dir, resume)
     except (UserError, OSError):
-        if created and not (run_dir / CHECKPOINT).exists():
+        if fresh and not (run_dir / CHECKPOINT).exists():
             for f in (run_dir / CONFIG, run_dir / METRICS):
                 f.unlink(missing_ok=True)
             remove_stale_temps(run_dir)
         raise
     finally:
         lock.release()
-        if created and not any(run_dir.iterdir()):
-            shutil.rmtree(run_dir, ignore_errors=True)
+        _remove_if_empty(run_dir, created)
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """What ``train`` may do with ``run_dir`` (call under its lock): resume an unfinished run, or start in an empty
+    one; never overwrite a run that holds a checkpoint or finished weights."""
+    if resume:
+        if (run_dir / WEIGHTS).exists():
+            raise UserError(f"{run_dir}: this run has already finished")
+        if not (run_dir / CHECKPOINT).is_file():
+            raise UserError(f"{run_dir}: nothing to resume (no {CHECKPOINT})")
+    elif (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists():
+        raise UserError(f"{run_dir} already holds a run: use --resume {run_dir}, or another --out")
+
+
+def _remove_if_empty(run_dir: Path, created: bool) -> None:
+    if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train_locked(run: Run, data_dir: str | None, resume: bool) -> dict[str, Any]:
