@@ -310,3 +310,65 @@ def test_a_run_that_finishes_while_a_second_train_loads_data_is_not_overwritten(
     assert "already holds a run" in err
     for name in ("model.safetensors", "model_card.json", "config.json", "metrics.jsonl"):
         assert (target / name).read_bytes() == (tiny / name).read_bytes(), name
+
+
+# ---- 6. small inputs that would cost a lot ------------------------------------------------------------------------
+
+def test_a_small_checkpoint_claiming_a_huge_model_is_refused_before_building_it(tiny: Path, data_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    """The recipe says hidden=100000 (a 40 GB MLP); the file holds the tiny weights. Shapes are compared on the meta
+    device, so this fails with 'does not fit' under a 6 GB address-space limit instead of trying to allocate."""
+    resource = pytest.importorskip("resource")
+    weights = craft_checkpoint(tiny, tmp_path / "huge.safetensors", hidden=100_000)
+    assert weights.stat().st_size < 1_000_000
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+    proc = subprocess.run([sys.executable, "-m", "robust_uatt", "attack", "--model", str(weights), "--n", "20",
+                           "--out", str(tmp_path / "out"), "--no-download"], env=env(data_dir), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit_memory)
+    one_line_error(proc.returncode, proc.stderr)
+    assert "does not fit the architecture" in proc.stderr and not (tmp_path / "out").exists()
+
+
+HUGE_EPS = [
+    ["attack", "--model", "TINY", "--eps", "1e99999999"],
+    ["attack", "--model", "TINY", "--alpha", "1e99999999"],
+    ["attack", "--model", "TINY", "--eps", "1e-99999999/1e99999999"],
+    ["curve", "--model", "TINY", "--eps", "0,1e99999999"],
+]
+RUN_EACH = """
+import contextlib, io, json, sys
+from robust_uatt import cli
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    print(json.dumps([code, err.getvalue()]), flush=True)
+"""
+
+
+def test_an_eps_with_a_huge_exponent_is_refused_at_once(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    """Fraction('1e99999999') computed 10**99999999 (minutes): run in a subprocess, so a hang fails by timeout."""
+    argvs = [[str(tiny) if a == "TINY" else a for a in argv] + ["--out", str(tmp_path / "out")] for argv in HUGE_EPS]
+    proc = subprocess.run([sys.executable, "-c", RUN_EACH, json.dumps(argvs)], env=env(data_dir), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(answers) == len(HUGE_EPS), proc.stderr
+    for (code, err), argv in zip(answers, HUGE_EPS):
+        one_line_error(code, err)
+        assert "eps" in err or "alpha" in err, argv
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_eps_longer_than_any_radius_is_refused(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    code, _, err = main("attack", "--model", str(tiny), "--eps", "0." + "1" * 5000, "--data-dir", str(data_dir),
+                        "--out", str(tmp_path / "out"))
+    one_line_error(code, err)
+    assert "eps" in err and len(err) < 300 and not (tmp_path / "out").exists()
+    from robust_uatt.utils.eps import parse_eps
+    from robust_uatt.utils.errors import UserError
+
+    with pytest.raises(UserError, match="cannot parse eps"):
+        parse_eps("0." + "1" * 5000)

@@ -227,7 +227,7 @@ def find_weights(spec: str, runs_dir: str | Path = "runs") -> Path:
 
 def load_trained(spec: str, runs_dir: str | Path = "runs") -> tuple[nn.Module, Recipe, Path]:
     """Model (eval mode, on CPU), its recipe and the weights file, from a zoo name, run directory or checkpoint."""
-    from robust_uatt.utils.files import load_state_into, load_tensors
+    from robust_uatt.utils.files import check_state_fits, load_state_into, load_tensors
 
     weights = find_weights(spec, runs_dir)
     if weights.suffix != ".safetensors":
@@ -238,6 +238,11 @@ def load_trained(spec: str, runs_dir: str | Path = "runs") -> tuple[nn.Module, R
     recipe = Recipe.from_dict(meta["recipe"], where=str(weights))
     state = {k[6:] if k.startswith("model.") else k: v for k, v in tensors.items()
              if not k.startswith(("optim.", "rng."))}
+    import torch
+
+    with torch.device("meta"):  # shapes first, on no memory: a small file cannot make us build a huge model
+        skeleton = create_model(recipe)
+    check_state_fits(skeleton, state, str(weights))
     model = create_model(recipe)
     load_state_into(model, state, str(weights))
     return model.eval(), recipe, weights

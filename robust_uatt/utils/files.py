@@ -162,6 +162,13 @@ def load_torch_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Strict load with a one-line explanation of what does not fit."""
+    check_state_fits(model, state, where)
+    model.load_state_dict(state)
+
+
+def check_state_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """UserError naming what does not fit (missing, unexpected, wrong shape); ``model`` may live on the meta
+    device (shapes only, no memory)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -176,7 +183,6 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], wher
             k = wrong[0]
             parts.append(f"{len(wrong)} with wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
         raise UserError(f"{where}: checkpoint does not fit the architecture: {'; '.join(parts)}")
-    model.load_state_dict(state)
 
 
 class RunLock:
