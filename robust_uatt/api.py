@@ -13,6 +13,7 @@ pixel units of [0, 1] images (a float or text such as "8/255").
 from __future__ import annotations
 
 import importlib
+import re
 import shlex
 import sys
 import weakref
@@ -127,21 +128,62 @@ def load_model(name_or_path: str | None = None, *, factory: str | None = None, c
                                         dataset))
 
 
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
 def _from_factory(spec: str, checkpoint: str | None) -> nn.Module:
-    module_name, sep, func = spec.partition(":")
-    if not sep:
-        raise UserError(f"--model-factory expects module:function, got '{spec}'")
-    try:
-        factory = getattr(importlib.import_module(module_name), func)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"cannot import {spec}: {e}") from None
-    model = factory()
+    model = _call_factory(spec)
     if not isinstance(model, nn.Module):
         raise UserError(f"{spec} returned {type(model).__name__}, not an nn.Module")
     if checkpoint:
         tensors, _ = load_tensors(checkpoint)
         load_state_into(model, tensors, checkpoint)
     return model.eval()
+
+
+def _call_factory(spec: str) -> Any:
+    """Import MODULE:FUNCTION and call it (this runs the user's code); any failure is one line, never a traceback."""
+    module_name, sep, func = spec.partition(":")
+    if not sep or not _DOTTED.match(module_name) or not func.isidentifier():
+        raise UserError(f"--model-factory expects module:function (an absolute module path), got '{spec}'")
+    try:
+        factory = getattr(importlib.import_module(module_name), func)
+    except Exception as e:  # ImportError, AttributeError, or whatever the module raises while importing
+        raise UserError(f"cannot import {spec}: {e.__class__.__name__}: {_first_line(e)}") from None
+    if not callable(factory):
+        raise UserError(f"--model-factory {spec} is not callable")
+    try:
+        return factory()
+    except Exception as e:
+        raise UserError(f"--model-factory {spec} raised {e.__class__.__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, data: Split, num_classes: int, device: torch.device, what: str) -> None:
+    """Classify two images before anything is written: a model that cannot take them (a wrong factory, a --source
+    trained on another dataset) or returns something other than (N, classes) logits is one line, not a traceback
+    after the output directory exists."""
+    from robust_uatt.data.datasets import to_float
+
+    x = to_float(data.x[:2].to(device))
+    was_training = model.training
+    try:
+        out = model.eval()(x)
+    except Exception as e:
+        raise UserError(f"{what} cannot classify {tuple(x.shape[1:])} images: {e.__class__.__name__}: "
+                        f"{_first_line(e)}") from None
+    finally:
+        model.train(was_training)
+    expected = (len(x), num_classes) if data.y.dim() == 1 else (len(x), num_classes, int(data.y.shape[1]))
+    if not torch.is_tensor(out) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        shape = ", ".join(["N", *map(str, expected[1:])])
+        raise UserError(f"{what} must return logits of shape ({shape}); got {got} for N = {len(x)}")
 
 
 def _remember(model: nn.Module, origin: ModelOrigin) -> nn.Module:
@@ -220,23 +262,32 @@ def _suite(name: str | None, attacks: list[str], steps: int | None, source: str 
                 raise unknown_name("attack", attack, ATTACKS)
         suite = Suite(",".join(attacks), "; ".join(ATTACKS[a].description for a in attacks),
                       [SuiteEntry(a, steps, None, "paper" if a == "pgd-eq14" else "") for a in attacks])
-    if source:
+    sourceless = [e for e in suite.entries if e.name == "transfer" and not e.options.get("source")]
+    if sourceless and not source:
+        raise UserError("the transfer attack needs a source model: --source MODEL (zoo name, run directory or file)")
+    for e in sourceless:
+        e.options = {**e.options, "source": source}
+    if source and not sourceless:
         suite.entries.append(SuiteEntry("transfer", None, None, "", {"source": source}))
     if len(suite.entries) > 1 and any(not ATTACKS[e.name].bounded for e in suite.entries):
         raise UserError("unbounded attacks (cw) measure minimal perturbations; run them alone, not in a suite")
     return suite
 
 
-def _build_attacks(plan: _Plan, num_classes: int, eot: int, device: torch.device,
-                   runs_dir: str | Path) -> list[Attack]:
+def _build_attacks(plan: _Plan, num_classes: int, eot: int, device: torch.device, runs_dir: str | Path,
+                   data: Split, dataset: str | None) -> list[Attack]:
     attacks = []
     for entry in plan.suite.entries:
         cls = ATTACKS[entry.name]
         options = {**entry.options, **{k: v for k, v in plan.options.items()
                                        if k in cls.options and k not in cls.internal_options}}
         if entry.name == "transfer":
-            source, _, _ = load_trained(options["source"], runs_dir)
+            source, source_recipe, _ = load_trained(options["source"], runs_dir)
+            if dataset is not None and source_recipe.dataset != dataset:
+                raise UserError(f"--source {options['source']} is a {source_recipe.dataset} model; this attack runs "
+                                f"on {dataset} images")
             options["source_model"] = source.to(device).eval().requires_grad_(False)
+            _probe(options["source_model"], data, num_classes, device, f"--source {options['source']}")
         if entry.name == "autoattack":
             options["n_classes"] = num_classes
         attacks.append(build_attack(entry.name, eps=plan.eps, alpha=plan.alpha, steps=entry.steps, seed=plan.seed,
@@ -281,7 +332,9 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
         raise UserError(f"--policy sample applies to attention models; {origin.info['name']} has no policy")
     data = _data(origin, x, y, n if n is not None else (None if x is not None else 1000), data_dir, download)
     num_classes = DATASETS[origin.dataset].num_classes if origin.dataset in DATASETS else _num_classes(model, data)
-    built = _build_attacks(plan, num_classes, eot or (8 if stochastic else 1), device, runs_dir)
+    _probe(model.to(device), data, num_classes, device, str(origin.info["name"]))
+    built = _build_attacks(plan, num_classes, eot or (8 if stochastic else 1), device, runs_dir, data,
+                           origin.dataset)
     _check_sequence_support(built, data)
     if save or out is not None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -290,10 +343,15 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
         if (out / RESULTS_FILE).exists():
             raise UserError(f"{out}/{RESULTS_FILE} exists; choose another --out")
         check_writable(out)
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        with RunLock(out):  # one writer per output directory; a restart after a kill resumes from state.json
-            result = _run(model, data, plan, built, origin, num_classes, device, out, console, command)
-            result.save(out)
+        try:
+            with RunLock(out):  # one writer per output directory; a restart after a kill resumes from state.json
+                result = _run(model, data, plan, built, origin, num_classes, device, out, console, command)
+                result.save(out)
+        finally:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # a run that failed before writing anything leaves nothing behind
         return result
     return _run(model, data, plan, built, origin, num_classes, device, state_dir, console, command)
 
@@ -536,8 +594,10 @@ def _resumable(run_dir: Path, name: str | None, data_dir: str | None) -> tuple[P
         raise UserError(f"{run_dir}: this run has already finished")
     config = read_json(run_dir / CONFIG)
     if not (isinstance(config, dict) and isinstance(config.get("recipe"), dict)
-            and isinstance(config.get("seed"), int) and not isinstance(config.get("seed"), bool)):
-        raise UserError(f"{run_dir / CONFIG}: not a robust-uatt run configuration (needs 'recipe' and 'seed')")
+            and isinstance(config.get("seed"), int) and not isinstance(config.get("seed"), bool)
+            and 0 <= config["seed"] < 2**32):
+        raise UserError(f"{run_dir / CONFIG}: not a robust-uatt run configuration (needs 'recipe' and a 'seed' in "
+                        f"0..2^32-1)")
     recipe = Recipe.from_dict(config["recipe"], where=str(run_dir / CONFIG))
     if name and name != recipe.name:
         raise UserError(f"{run_dir} is a run of {recipe.name}, not {name}")

@@ -142,7 +142,7 @@ def _add_curve(sub: Any) -> None:
 def _add_selftest(sub: Any) -> None:
     p = sub.add_parser("selftest", help="plant gradient-masking tricks on a small CIFAR-10 CNN: each must end near "
                                          "the undefended number or INVALID naming the trick")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="random seed, 0..2^32-1")
     p.add_argument("--n", type=int, default=200, help="test images attacked (default 200)")
     p.add_argument("--data-dir", default=None, help="folder with cifar10_{train,test}.npz; default: $ROBUST_UATT_DATA")
 

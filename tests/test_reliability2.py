@@ -289,9 +289,8 @@ def test_compare_prints_a_hostile_model_name_as_text(tiny: Path, data_dir: Path,
 
 # ---- 5. the "already holds a run" check is repeated under the lock ----------------------------------------------
 
-def test_a_run_that_finishes_while_a_second_train_loads_data_is_not_overwritten(tiny: Path, data_dir: Path,
-                                                                                 tmp_path: Path,
-                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_that_finishes_while_a_second_train_loads_data_is_not_overwritten(
+        tiny: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from robust_uatt.utils.files import RunLock
 
     target = tmp_path / "run"
@@ -372,3 +371,169 @@ def test_an_eps_longer_than_any_radius_is_refused(tiny: Path, data_dir: Path, tm
 
     with pytest.raises(UserError, match="cannot parse eps"):
         parse_eps("0." + "1" * 5000)
+
+
+# ---- 7. tracebacks left: each is now one line, and nothing is left behind ----------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def resumable(tiny: Path, where: Path) -> Path:
+    """A copy of the tiny run that looks killed after its last checkpoint (weights removed): --resume finishes it."""
+    shutil.copytree(tiny, where)
+    (where / "model.safetensors").unlink()
+    (where / "model_card.json").unlink()
+    return where
+
+
+def test_deeply_nested_json_in_a_checkpoint_header_config_or_results_is_one_line(tiny: Path, data_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "deep.safetensors"
+    save_file(load_file(str(tiny / "model.safetensors")), str(weights), metadata={"recipe": DEEP})
+    code, _, err = attack(tiny, data_dir, tmp_path / "a", "--source", str(weights))
+    one_line_error(code, err)
+    code, _, err = main("attack", "--model", str(weights), "--data-dir", str(data_dir), "--out", str(tmp_path / "b"))
+    one_line_error(code, err)
+    run = resumable(tiny, tmp_path / "run")
+    (run / "config.json").write_text(DEEP)
+    code, _, err = main("train", "--resume", str(run), "--data-dir", str(data_dir), "--device", "cpu")
+    one_line_error(code, err)
+    results = tmp_path / "r" / "results.json"
+    results.parent.mkdir()
+    results.write_text(DEEP)
+    code, _, err = main("compare", "--model", str(results), "--leaderboard", str(tmp_path), "--out",
+                        str(tmp_path / "c.json"))
+    assert code in (0, 2) and "Traceback" not in err and "RecursionError" not in err, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_transfer_without_a_source_or_from_another_dataset_is_one_line(tiny: Path, data_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    code, _, err = attack(tiny, data_dir, tmp_path / "a", "--attack", "transfer")
+    one_line_error(code, err)
+    assert "--source" in err and not (tmp_path / "a").exists()
+    recipe = tmp_path / "mnist.toml"
+    recipe.write_text(TINY.replace('dataset = "cifar10"', 'dataset = "mnist"'))
+    code, _, err = main("train", str(recipe), "--out", str(tmp_path / "mnist"), "--data-dir", str(data_dir),
+                        "--no-download", "--device", "cpu")
+    assert code == 0, err
+    code, _, err = attack(tiny, data_dir, tmp_path / "b", "--source", str(tmp_path / "mnist"))
+    one_line_error(code, err)
+    assert "mnist" in err and not (tmp_path / "b").exists()
+
+
+FACTORIES = '''
+import torch
+from torch import nn
+
+
+def raises():
+    raise ValueError("no weights here")
+
+
+def wrong_input():
+    return nn.Linear(5, 10)
+
+
+def wrong_classes():
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+
+
+def not_a_module():
+    return 42
+
+
+broken_import = None
+'''
+
+
+@pytest.mark.parametrize("spec, message", [
+    (":build", "module:function"), (".rel2_factories:raises", "module:function"),
+    ("rel2_factories:", "module:function"),
+    ("rel2_factories:raises", "ValueError: no weights here"), ("rel2_factories:wrong_input", "cannot classify"),
+    ("rel2_factories:wrong_classes", "(N, 10)"), ("rel2_factories:not_a_module", "nn.Module"),
+    ("rel2_factories:broken_import", "not callable"), ("rel2_no_such_module:f", "cannot import"),
+])
+def test_a_model_factory_that_fails_is_one_line_and_leaves_no_directory(data_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch, spec: str,
+                                                                        message: str) -> None:
+    (tmp_path / "rel2_factories.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    code, _, err = main("attack", "--model-factory", spec, "--dataset", "cifar10", "--n", "20", "--data-dir",
+                        str(data_dir), "--no-download", "--device", "cpu", "--out", str(out))
+    one_line_error(code, err)
+    assert message in err and not out.exists()
+
+
+def test_a_suite_file_that_is_not_utf8_is_one_line(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    suite = tmp_path / "latin1.toml"
+    suite.write_bytes('description = "caf\xe9"\n[[attacks]]\nname = "fgsm"\n'.encode("latin-1"))
+    code, _, err = main("attack", "--model", str(tiny), "--suite", str(suite), "--data-dir", str(data_dir),
+                        "--out", str(tmp_path / "out"))
+    one_line_error(code, err)
+    assert "latin1.toml" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key, value", [("lr", "3.5e37"), ("lr", "1e300"), ("weight_decay", "3.5e38")])
+def test_an_overflowing_learning_rate_is_refused_before_the_run_directory_exists(data_dir: Path, tmp_path: Path,
+                                                                                key: str, value: str) -> None:
+    recipe = tmp_path / "big.toml"
+    recipe.write_text(TINY.replace('lr = 0.003', f'lr = 0.003\n{key} = {value}' if key != "lr" else f'lr = {value}'))
+    code, _, err = main("train", str(recipe), "--out", str(tmp_path / "run"), "--data-dir", str(data_dir),
+                        "--no-download", "--device", "cpu")
+    one_line_error(code, err)
+    assert key in err and "big.toml" in err and not (tmp_path / "run").exists()
+
+
+def test_selftest_with_a_negative_seed_is_one_line() -> None:
+    code, _, err = main("selftest", "--seed", "-1")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and "seed" in err, err
+
+
+@pytest.mark.parametrize("damage", ["config not a recipe", "config seed out of range", "config argv not a list",
+                                    "metrics not utf-8", "metrics not json", "metrics not records",
+                                    "metrics lines missing"])
+def test_a_damaged_run_directory_on_resume_is_one_line_or_resumes(tiny: Path, data_dir: Path, tmp_path: Path,
+                                                                  damage: str) -> None:
+    run = resumable(tiny, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    if damage == "config not a recipe":
+        config["recipe"] = {"name": "x", "dataset": "cifar10", "model": {"arch": "mlp", "hidden": "wide"}}
+    elif damage == "config seed out of range":
+        config["seed"] = 2**70
+    elif damage == "config argv not a list":
+        config["argv"] = 5
+    (run / "config.json").write_text(json.dumps(config))
+    metrics = run / "metrics.jsonl"
+    if damage == "metrics not utf-8":
+        metrics.write_bytes(b"\xff\xfe\n")
+    elif damage == "metrics not json":
+        metrics.write_text("{not json\n")
+    elif damage == "metrics not records":
+        metrics.write_text("[1, 2]\n")
+    elif damage == "metrics lines missing":
+        metrics.write_text("")
+    code, out, err = main("train", "--resume", str(run), "--data-dir", str(data_dir), "--device", "cpu")
+    if damage == "config argv not a list":  # harmless: the run finishes, its card records no command
+        assert code == 0, err
+        assert json.loads((run / "model_card.json").read_text())["command"] == ""
+    else:
+        one_line_error(code, err)
+        assert not (run / "model.safetensors").exists()
+
+
+def test_a_fresh_run_that_diverges_before_its_first_checkpoint_leaves_nothing(tiny: Path, data_dir: Path,
+                                                                              tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.nn.functional as F
+
+    real = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("inf"))
+    run = tmp_path / "run"
+    code, _, err = main("train", str(tiny.parent / "tiny.toml"), "--out", str(run), "--data-dir", str(data_dir),
+                        "--no-download", "--device", "cpu")
+    assert code == 3 and "diverged" in err, err
+    assert not run.exists()

@@ -416,7 +416,7 @@ def load_results(specs: list[str], runs_dir: str | Path) -> list[OurResult]:
             seen.add(key)
             try:
                 raw = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 results.append(parse_result({}, str(path)))
                 results[-1].problem = f"unreadable results.json ({e.__class__.__name__})"
                 continue

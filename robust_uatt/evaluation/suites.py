@@ -50,9 +50,12 @@ def suite_names() -> list[str]:
 def load_suite(name: str) -> Suite:
     path = find_toml(name, "robust_uatt.suites", "attacks", "suite")
     try:
-        raw = toml.loads(path.read_text())
-    except toml.TOMLDecodeError as e:
-        raise UserError(f"{path}: invalid TOML ({e})") from None
+        raw = toml.loads(path.read_text(encoding="utf-8"))
+    except (toml.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise UserError(f"{path}: invalid TOML ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") \
+            from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read suite ({e.strerror or e})") from None
     for key in raw:
         if key not in ("description", "attacks"):
             raise unknown_name(f"top-level key in {path}:", key, ("description", "attacks"))

@@ -15,6 +15,7 @@ from robust_uatt.data.datasets import Split
 from robust_uatt.evaluation.predict import accuracy
 from robust_uatt.models.zoo import Recipe, count_params
 from robust_uatt.training.checkpoint import CARD, CONFIG, METRICS, WEIGHTS
+from robust_uatt.utils.errors import UserError
 from robust_uatt.utils.files import read_json, save_tensors, write_json
 from robust_uatt.utils.runtime import versions
 
@@ -43,7 +44,8 @@ def write_model_card(recipe: Recipe, run_dir: Path, model: nn.Module, *, seed: i
         card["accuracy"]["test_lossless_n"] = len(exact)
     config = read_json(run_dir / CONFIG)
     card["wall_seconds_this_session"] = time.perf_counter() - started
-    card["command"] = " ".join(shlex.quote(a) for a in config.get("argv", []))
+    argv = config.get("argv") if isinstance(config, dict) else None
+    card["command"] = " ".join(shlex.quote(str(a)) for a in argv) if isinstance(argv, list) else ""
     state = {k: v for k, v in model.state_dict().items()}
     # The card first, the weights last: model.safetensors is what marks a run finished (a kill in between leaves a
     # resumable run, never a "finished" one without its card).
@@ -64,4 +66,24 @@ def config_versions(run_dir: Path) -> dict[str, Any]:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The epoch records of metrics.jsonl; a damaged file (not UTF-8, not JSON, not records) is a UserError."""
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: damaged (not UTF-8 text)") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise UserError(f"{path}: line {number} is damaged (not JSON)") from None
+        if not isinstance(record, dict) or not all(
+                isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool)
+                for k in ("val_acc", "images_per_s")):
+            raise UserError(f"{path}: line {number} is not an epoch record (needs numeric val_acc, images_per_s)")
+        records.append(record)
+    return records

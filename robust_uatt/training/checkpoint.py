@@ -80,7 +80,10 @@ def load_checkpoint(path: Path, state: TrainState) -> None:
 def truncate_lines(path: Path, keep: int) -> None:
     """Keep the first ``keep`` lines (those the checkpoint accounts for), atomically."""
     if path.exists():
-        lines = path.read_text().splitlines(keepends=True)[:keep]
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[:keep]
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: damaged (not UTF-8 text); the run directory cannot be resumed") from None
         atomic_write_text(path, "".join(lines))
 
 

@@ -15,10 +15,10 @@ class TrainConfig:
     batch_size: int = setting(128, int, low=1)
     eval_batch_size: int = setting(500, int, low=1)
     optimizer: str = setting("sgd", str, choices=("sgd", "adam"))
-    lr: float = setting(0.05, NUMBER, low=0)  # > 0, checked with the recipe
+    lr: float = setting(0.05, NUMBER, low=0, cap=1e3)  # > 0, checked with the recipe; 3.4e38 overflows float32
     momentum: float = setting(0.9, NUMBER, low=0, high=1)
     nesterov: bool = setting(True, bool)
-    weight_decay: float = setting(5e-4, NUMBER, low=0)
+    weight_decay: float = setting(5e-4, NUMBER, low=0, cap=1e3)
     # constant | cosine | onecycle (linear warm-up, then linear decay to 0)
     schedule: str = setting("onecycle", str, choices=("constant", "cosine", "onecycle"))
     warmup: float = setting(0.15, NUMBER, low=0, high=1)  # fraction of all steps for the one-cycle warm-up

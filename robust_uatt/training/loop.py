@@ -38,7 +38,7 @@ from robust_uatt.data.datasets import Split, augment_crop_flip, load_split, to_f
 from robust_uatt.evaluation.predict import accuracy
 from robust_uatt.models.outputs import correct
 from robust_uatt.models.zoo import Recipe, create_model
-from robust_uatt.training.card import config_versions, write_model_card
+from robust_uatt.training.card import config_versions, read_metrics, write_model_card
 from robust_uatt.training.checkpoint import (
     CARD,
     CHECKPOINT,
@@ -190,8 +190,8 @@ def train(recipe: Recipe, run_dir: Path, *, seed: int, device: torch.device, dat
         remove_stale_temps(run_dir)  # left by a writer killed mid-write; we hold the lock, so none is live
         with deterministic_mode(device, deterministic):
             return _train_locked(Run(recipe, run_dir, seed, device, splits, console), data_dir, resume)
-    except (UserError, OSError):
-        if fresh and not (run_dir / CHECKPOINT).exists():
+    except (UserError, OSError, TrainingDiverged):
+        if fresh and not (run_dir / CHECKPOINT).exists():  # nothing to resume: leave nothing half-made
             for f in (run_dir / CONFIG, run_dir / METRICS):
                 f.unlink(missing_ok=True)
             remove_stale_temps(run_dir)
@@ -231,6 +231,9 @@ def _train_locked(run: Run, data_dir: str | None, resume: bool) -> dict[str, Any
     if resume:
         load_checkpoint(run.run_dir / CHECKPOINT, state)
         truncate_lines(run.run_dir / METRICS, state.metrics_lines)
+        if len(read_metrics(run.run_dir / METRICS)) != state.metrics_lines:  # else the final card would be wrong
+            raise UserError(f"{run.run_dir / METRICS}: holds fewer epoch records than {run.run_dir / CHECKPOINT} "
+                            f"accounts for ({state.metrics_lines}); the run directory is damaged")
         run.console.print(f"resuming {run.run_dir} at epoch {state.epoch + 1}, step {state.step_in_epoch}",
                           markup=False)
     else:

@@ -15,9 +15,10 @@ Kind = type | tuple[type, ...]
 
 
 def setting(default: Any, kind: Kind, *, low: float | None = None, high: float | None = None,
-            choices: tuple[str, ...] | None = None) -> Any:
-    """A config field: its default, accepted type(s), inclusive bounds for numbers, allowed strings."""
-    return field(default=default, metadata={"kind": kind, "low": low, "high": high, "choices": choices})
+            choices: tuple[str, ...] | None = None, cap: float | None = None) -> Any:
+    """A config field: its default, accepted type(s), inclusive bounds for numbers, allowed strings, and a sanity
+    ``cap`` (an upper limit no sensible value reaches, e.g. where torch's float32 arithmetic would overflow)."""
+    return field(default=default, metadata={"kind": kind, "low": low, "high": high, "choices": choices, "cap": cap})
 
 
 def schema(cls: type) -> dict[str, tuple[Kind, Any]]:
@@ -53,6 +54,10 @@ def _check(f: Field, value: Any, where: str, section: str) -> None:
         raise UserError(f"{where}: [{section}] {f.name} must be {bounds}, got {value}")
     if choices is not None and value not in choices:
         raise unknown_name(f"[{section}] {f.name} in {where}:", value, choices)
+    cap = f.metadata.get("cap")
+    if cap is not None and value > cap:
+        raise UserError(f"{where}: [{section}] {f.name} must be <= {cap:g} (larger values overflow the optimizer's "
+                        f"float32 arithmetic), got {value}")
 
 
 __all__ = ["setting", "schema", "from_table"]

@@ -112,6 +112,8 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UserError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
@@ -142,7 +144,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             raw_meta = f.metadata() or {}
         tensors = load_file(str(path))
         meta = {k: json.loads(v) for k, v in raw_meta.items()}
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError, RecursionError) as e:
         raise UserError(f"{path}: corrupt or unreadable checkpoint ({e.__class__.__name__}: {e})") from None
     return tensors, meta
 
