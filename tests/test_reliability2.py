@@ -537,3 +537,33 @@ def test_a_fresh_run_that_diverges_before_its_first_checkpoint_leaves_nothing(ti
                         "--no-download", "--device", "cpu")
     assert code == 3 and "diverged" in err, err
     assert not run.exists()
+
+
+# ---- 8. RobustBench weights load with weights_only=True whatever the environment says ----------------------------
+
+class _Payload:
+    """Unpickling this opens (creates) the marker file: code that must never run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_in_robustbench_weights_never_runs_even_with_torch_force_no_weights_only(
+        data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("robustbench")
+    import torch
+
+    marker = tmp_path / "code-ran"
+    weights = tmp_path / "models" / "cifar10" / "Linf" / "Standard.pt"
+    weights.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": _Payload(marker)}, weights)
+    proc = subprocess.run([sys.executable, "-m", "robust_uatt", "attack", "--robustbench", "Standard", "--model-dir",
+                           str(tmp_path / "models"), "--n", "20", "--out", str(tmp_path / "out"), "--no-download"],
+                          env=env(data_dir, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1"), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    one_line_error(proc.returncode, proc.stderr)
+    assert not marker.exists(), "the pickled payload ran"
+    assert "weights_only" in proc.stderr and not (tmp_path / "out").exists()

@@ -8,10 +8,12 @@ loading. Layout, as RobustBench itself writes it::
     MODEL_DIR/<dataset>/<threat_model>/<name>.pt          (single models)
     MODEL_DIR/<dataset>/<threat_model>/<name>.pt_m<i>.pt  (ensembles, i = 0, 1, ...)
 
-robustbench 1.1.1 calls ``torch.load(path, map_location='cpu')`` without ``weights_only``; with torch >= 2.6 that
-means ``weights_only=True``: a plain state dict (or ``{'state_dict': ...}``) of tensors loads, a checkpoint that
-pickles other objects is refused (reported here as a UserError), and no pickled code ever runs. RobustBench models
-take images in [0, 1] (any normalization is a layer inside the model) and return logits.
+robustbench 1.1.1 calls ``torch.load(path, map_location='cpu')`` without ``weights_only``, which
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns into ``weights_only=False`` (a pickle then runs code): so the call runs
+inside ``weights_only_torch_load``, which passes ``weights_only=True`` explicitly (torch lets no environment
+variable override an explicit value): a plain state dict (or ``{'state_dict': ...}``) of tensors loads, a
+checkpoint that pickles other objects is refused (reported here as a UserError), and no pickled code ever runs.
+RobustBench models take images in [0, 1] (any normalization is a layer inside the model) and return logits.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from torch import nn
 
 from robust_uatt.utils.compat import import_robustbench
+from robust_uatt.utils.files import weights_only_torch_load
 from robust_uatt.utils.errors import UserError, unknown_name
 
 
@@ -77,8 +80,9 @@ def _check_ensemble_files(entry: dict[str, Any], path: Path, name: str) -> None:
 
 def _refuse_timm(rb_utils: ModuleType, name: str, dataset: str, threat_model: str) -> None:
     """Names that timm registers are loaded by timm from the Hugging Face hub, ignoring model_dir: a download."""
+    timm = getattr(rb_utils, "timm", None)  # robustbench builds without timm support never load through it
     timm_name = f"{name.lower().replace('-', '_')}_{dataset.lower()}_{threat_model.lower()}"
-    if rb_utils.timm.is_model(timm_name):
+    if timm is not None and timm.is_model(timm_name):
         raise UserError(f"RobustBench loads {name} through timm ({timm_name}), which downloads it: "
                         f"not supported offline")
 
@@ -90,12 +94,15 @@ def _no_downloads(rb_utils: ModuleType) -> Iterator[None]:
     def refuse(gdrive_id: Any, fname_save: Any) -> None:
         raise UserError(f"RobustBench wanted to download {fname_save}; put the file there instead (offline)")
 
-    original = rb_utils.download_gdrive_new
-    rb_utils.download_gdrive_new = refuse
+    # robustbench 1.1.1 downloads with download_gdrive_new, older releases with download_gdrive: refuse both
+    originals = {n: getattr(rb_utils, n) for n in ("download_gdrive_new", "download_gdrive") if hasattr(rb_utils, n)}
+    for n in originals:
+        setattr(rb_utils, n, refuse)
     try:
         yield
     finally:
-        rb_utils.download_gdrive_new = original
+        for n, fn in originals.items():
+            setattr(rb_utils, n, fn)
 
 
 def _unpickling_reason(e: BaseException) -> str:
@@ -120,7 +127,7 @@ def load_robustbench_model(name: str, model_dir: str | Path, dataset: str = "cif
     _refuse_timm(rb_utils, name, dataset, threat_model)
     _check_ensemble_files(entry, path, name)
     try:
-        with _no_downloads(rb_utils):
+        with _no_downloads(rb_utils), weights_only_torch_load():
             model = rb_utils.load_model(model_name=name, model_dir=str(model_dir), dataset=dataset,
                                         threat_model=threat_model)
     except UserError:

@@ -7,6 +7,7 @@ says how to rebuild its model.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -14,6 +15,7 @@ import re
 import socket
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +151,29 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return tensors, meta
 
 
+@contextlib.contextmanager
+def weights_only_torch_load() -> Iterator[None]:
+    """Within the block, every ``torch.load`` (a library's too: robustbench calls ``torch.load(path,
+    map_location='cpu')``) runs with ``weights_only=True``, passed explicitly: torch then ignores
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, so a pickle can never run code however the environment is set."""
+    original = torch.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 def load_torch_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A .pt/.pth state dict (e.g. RobustBench weights), loaded with weights_only=True: no code runs."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with weights_only_torch_load():
+            obj = torch.load(str(path), map_location="cpu")
     except Exception as e:  # UnpicklingError for crafted pickles, RuntimeError for corrupt zips
         raise UserError(f"{path}: refused to load ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
