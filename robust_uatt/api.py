@@ -50,6 +50,7 @@ from robust_uatt.utils.files import (
     load_state_into,
     load_tensors,
     read_json,
+    remove_stale_temps,
     safe_component,
     write_json,
 )
@@ -347,6 +348,7 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
         out.mkdir(parents=True, exist_ok=True)
         try:
             with RunLock(out):  # one writer per output directory; a restart after a kill resumes from state.json
+                remove_stale_temps(out)  # a killed writer's .state.json.*.tmp; we hold the lock, so none is live
                 result = _run(model, data, plan, built, origin, num_classes, device, out, console, command)
                 result.save(out)
         finally:

@@ -567,3 +567,17 @@ def test_a_pickle_in_robustbench_weights_never_runs_even_with_torch_force_no_wei
     one_line_error(proc.returncode, proc.stderr)
     assert not marker.exists(), "the pickled payload ran"
     assert "weights_only" in proc.stderr and not (tmp_path / "out").exists()
+
+
+# ---- 9. an attack rerun removes the temporary files a killed writer left ------------------------------------------
+
+def test_an_attack_rerun_removes_temporary_files_left_by_a_kill(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    left = [out / ".state.json.k1ll3d.tmp", out / ".results.json.x9.tmp"]
+    for tmp in left:
+        tmp.write_text('{"half": ')
+    code, _, err = attack(tiny, data_dir, out, "--checks", "none")
+    assert code == 0, err
+    assert not any(p.exists() for p in left) and (out / "results.json").is_file()
+    assert not list(out.glob(".*.tmp"))
