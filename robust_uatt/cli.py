@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from robust_uatt._version import __version__
 from robust_uatt.utils import toml
-from robust_uatt.utils.errors import UserError, environment_error
+from robust_uatt.utils.errors import UserError, environment_error, printable
 
 EXIT_USER_ERROR = 2
 EXIT_INVALID = 4  # a gating sanity check failed: the robust accuracy must not be reported
@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (exit 2), like every other user error."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"robust-uatt: error: {message} (see {self.prog} --help)\n")
+        sys.stderr.write(f"robust-uatt: error: {printable(message)} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USER_ERROR)
 
 
@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(text: str) -> str:
-    """A message that quotes user input (which may hold newlines) still prints as one line."""
-    return " ".join(text.splitlines()) if len(text.splitlines()) > 1 else text
+    """A message that quotes user input (which may hold newlines, escape sequences) prints as one line of text:
+    control characters are written as escapes (\\n, \\x1b), never sent to the terminal."""
+    return printable(text)
 
 
 def _command() -> str:
@@ -270,7 +271,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             runs_dir=args.runs_dir, deterministic=True if args.deterministic else None,
                             console=Console(stderr=True))
     except TrainingDiverged as e:
-        sys.stderr.write(f"robust-uatt: training diverged: {e}\n")
+        sys.stderr.write(f"robust-uatt: training diverged: {_one_line(str(e))}\n")
         return 3
     print(run_dir)
     return 0

@@ -17,7 +17,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from robust_uatt import cli
@@ -69,6 +69,8 @@ VALUE = st.one_of(st.sampled_from(TOKENS[24:]), TEXT, st.integers(-10**20, 10**2
 @FUZZ
 @given(command=COMMAND, positional=st.one_of(st.none(), st.sampled_from(["cifar10-vgg", "nope"]), TEXT),
        options=st.lists(st.tuples(OPTION, VALUE), max_size=5))
+@example(command="attack", positional=None, options=[("--preset", "\n")])  # found once in CI: a two-line message
+@example(command="train", positional="\x1b[31m\u2028", options=[("--policy", "a\x85b")])
 def test_main_answers_every_command_line_with_a_result_or_one_line(command: str, positional: str | None,
                                                                    options: list[tuple[str, str]]) -> None:
     # Safe by construction: an empty data directory, no download, a scratch working directory (relative paths),
@@ -87,7 +89,8 @@ def test_main_answers_every_command_line_with_a_result_or_one_line(command: str,
     assert code in (0, 2), (argv, code, err)
     assert "Traceback" not in err
     if code == 2:
-        assert err.count("\n") == 1 and err.startswith(("robust-uatt: error:", "usage:")), (argv, err)
+        assert err.count("\n") == 1 and len(err.splitlines()) == 1, (argv, err)
+        assert err.startswith(("robust-uatt: error:", "usage:")), (argv, err)
 
 
 EMPTY_DATA = tempfile.mkdtemp(prefix="robust-uatt-no-data-")

@@ -581,3 +581,38 @@ def test_an_attack_rerun_removes_temporary_files_left_by_a_kill(tiny: Path, data
     assert code == 0, err
     assert not any(p.exists() for p in left) and (out / "results.json").is_file()
     assert not list(out.glob(".*.tmp"))
+
+
+# ---- 10. echoed values cannot break the one-line message; the fuzz tests are reproducible in CI -------------------
+
+@pytest.mark.parametrize("argv", [
+    ["attack", "--preset", "\n"],
+    ["attack", "--model", "m\n.safetensors"],
+    ["attack", "--model", "missing.safetensors", "--attack", "pgd\x1b[31m\n"],
+    ["attack", "--model", "missing.safetensors", "--eps", "\u2028"],
+    ["attack", "--model", "missing.safetensors", "--policy", "a\x85b"],
+    ["train", "zoo\x1b]0;title\x07\r\nname"],
+    ["curve", "--model", "x", "--eps", "0,\x0c"],
+    ["--\n"],
+])
+def test_an_error_echoing_control_characters_is_one_line_of_text(argv: list[str]) -> None:
+    code, _, err = main(*argv)
+    assert code == 2, err
+    assert err.startswith("robust-uatt: error:") and len(err.splitlines()) == 1 and err.endswith("\n"), repr(err)
+    assert not any(ord(c) < 32 or 0x7f <= ord(c) < 0xa0 or c in "\u2028\u2029" for c in err[:-1]), repr(err)
+
+
+PROFILE = "from hypothesis import settings; import tests.conftest; print(settings.default.derandomize)"
+
+
+@pytest.mark.parametrize("environment, derandomized", [({"CI": "true"}, "True"),
+                                                       ({"CI": "true", "HYPOTHESIS_PROFILE": "explore"}, "True"),
+                                                       ({"HYPOTHESIS_PROFILE": "explore"}, "False"),
+                                                       ({}, "True")])  # README command (2): no CI variable
+def test_hypothesis_is_derandomized_in_ci_and_explores_only_when_asked(data_dir: Path, environment: dict[str, str],
+                                                                       derandomized: str) -> None:
+    base = {k: v for k, v in env(data_dir).items() if k not in ("CI", "HYPOTHESIS_PROFILE")}
+    proc = subprocess.run([sys.executable, "-c", PROFILE], env={**base, **environment}, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == derandomized
