@@ -13,11 +13,13 @@ pixel units of [0, 1] images (a float or text such as "8/255").
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shlex
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,14 +145,22 @@ def _from_factory(spec: str, checkpoint: str | None) -> nn.Module:
 
 
 def _call_factory(spec: str) -> Any:
-    """Import MODULE:FUNCTION and call it (this runs the user's code); any failure is one line, never a traceback."""
+    """Import MODULE:FUNCTION and call it: this RUNS THE USER'S CODE (the point of --model-factory). The module is
+    looked up on sys.path and in the current directory. Any failure is one line, never a traceback."""
     module_name, sep, func = spec.partition(":")
     if not sep or not _DOTTED.match(module_name) or not func.isidentifier():
         raise UserError(f"--model-factory expects module:function (an absolute module path), got '{spec}'")
+    cwd = os.getcwd()  # the installed robust-uatt finds a module next to the user, as `python -m robust_uatt` does
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
     try:
         factory = getattr(importlib.import_module(module_name), func)
     except Exception as e:  # ImportError, AttributeError, or whatever the module raises while importing
         raise UserError(f"cannot import {spec}: {e.__class__.__name__}: {_first_line(e)}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
     if not callable(factory):
         raise UserError(f"--model-factory {spec} is not callable")
     try:
@@ -344,16 +354,9 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
         if (out / RESULTS_FILE).exists():
             raise UserError(f"{out}/{RESULTS_FILE} exists; choose another --out")
         check_writable(out)
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            with RunLock(out):  # one writer per output directory; a restart after a kill resumes from state.json
-                remove_stale_temps(out)  # a killed writer's .state.json.*.tmp; we hold the lock, so none is live
-                result = _run(model, data, plan, built, origin, num_classes, device, out, console, command)
-                result.save(out)
-        finally:
-            if created and out.is_dir() and not any(out.iterdir()):
-                out.rmdir()  # a run that failed before writing anything leaves nothing behind
+        with _locked_output(out, RESULTS_FILE):  # a restart after a kill resumes from state.json
+            result = _run(model, data, plan, built, origin, num_classes, device, out, console, command)
+            result.save(out)
         return result
     return _run(model, data, plan, built, origin, num_classes, device, state_dir, console, command)
 
@@ -504,48 +507,76 @@ def security_curve(model: nn.Module, x: torch.Tensor | None = None, y: torch.Ten
             raise UserError(f"{out}/curve.json exists; choose another --out")
         check_writable(out)
     data = _data(origin, x, y, n if n is not None else (None if x is not None else 500), data_dir, download)
-    results = {}
-    for i in sorted(range(len(radii)), key=lambda i: radii[i]):
-        results[i] = evaluate(model, data.x, data.y, eps=radii[i], suite=suite, attacks=attacks, steps=steps,
-                              policy=policy, eot=eot, judge_draws=judge_draws, checks=checks,
-                              batch_size=batch_size, device=device, seed=seed, console=console)
-    raw = torch.tensor([results[i].per_example["robust_correct"] for i in range(len(radii))], dtype=torch.bool)
-    clean = torch.tensor(results[0].per_example["clean_correct"], dtype=torch.bool)
-    named = [(radii[i], results[i]) for i in sorted(results, key=lambda i: radii[i])]
-    curve = {"model": {"name": origin.info["name"], "weights": origin.info.get("weights")},
-             "suite": results[0].suite_name, "n": len(data), "eps_units": "pixel [0,1]",
-             "eps_text": [str(e) for e in eps], **monotone_curve(radii, raw, clean),
-             "attack_graph": results[0].attack_graph,
-             "policy": policy, "eot": results[0].eot, "judge_draws": results[0].judge_draws, "checks_level": checks,
-             "checks": [{**c, "name": f"eps {r:.4g}: {c['name']}"} for r, res in named for c in res.checks],
-             "valid": all(res.valid for _, res in named),
-             "invalid_reasons": [f"eps {r:.4g}: {why}" for r, res in named for why in res.invalid_reasons],
-             "seed": seed,
-             "device": results[0].device, "versions": versions(),
-             "command": command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)}
-    if out is not None:
-        from robust_uatt.viz.plots import plot_curve
+    with _locked_output(out, "curve.json") if out is not None else nullcontext():  # the lock before the work
+        results = {}
+        for i in sorted(range(len(radii)), key=lambda i: radii[i]):
+            results[i] = evaluate(model, data.x, data.y, eps=radii[i], suite=suite, attacks=attacks, steps=steps,
+                                  policy=policy, eot=eot, judge_draws=judge_draws, checks=checks,
+                                  batch_size=batch_size, device=device, seed=seed, console=console)
+        raw = torch.tensor([results[i].per_example["robust_correct"] for i in range(len(radii))], dtype=torch.bool)
+        clean = torch.tensor(results[0].per_example["clean_correct"], dtype=torch.bool)
+        named = [(radii[i], results[i]) for i in sorted(results, key=lambda i: radii[i])]
+        curve = {"model": {"name": origin.info["name"], "weights": origin.info.get("weights")},
+                 "suite": results[0].suite_name, "n": len(data), "eps_units": "pixel [0,1]",
+                 "eps_text": [str(e) for e in eps], **monotone_curve(radii, raw, clean),
+                 "attack_graph": results[0].attack_graph,
+                 "policy": policy, "eot": results[0].eot, "judge_draws": results[0].judge_draws, "checks_level": checks,
+                 "checks": [{**c, "name": f"eps {r:.4g}: {c['name']}"} for r, res in named for c in res.checks],
+                 "valid": all(res.valid for _, res in named),
+                 "invalid_reasons": [f"eps {r:.4g}: {why}" for r, res in named for why in res.invalid_reasons],
+                 "seed": seed,
+                 "device": results[0].device, "versions": versions(),
+                 "command": command if command is not None else " ".join(shlex.quote(a) for a in sys.argv)}
+        if out is not None:
+            from robust_uatt.viz.plots import plot_curve
 
-        write_json(out / "curve.json", curve)
-        plot_curve(curve, out / "curve.png",
-                   plot_text(f"{curve['model']['name']}: {curve['suite']}, first {len(data)} test images"))
-        curve["path"] = str(out / "curve.json")
+            write_json(out / "curve.json", curve)
+            plot_curve(curve, out / "curve.png",
+                       plot_text(f"{curve['model']['name']}: {curve['suite']}, first {len(data)} test images"))
+            curve["path"] = str(out / "curve.json")
     return curve
+
+
+@contextmanager
+def _locked_output(out: Path, final: str) -> Iterator[None]:
+    """Create ``out`` and hold its RunLock for the block (one writer per directory, as for train): refuse when
+    ``final`` exists there (checked again under the lock), remove a killed writer's temporary files, and leave no
+    directory behind when the block fails before writing anything."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with RunLock(out):
+            if (out / final).exists():
+                raise UserError(f"{out}/{final} exists; choose another --out")
+            remove_stale_temps(out)  # we hold the lock, so none of them is live
+            yield
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 # ------------------------------------------------------------------------------------------------ training
 def train(name: str | None = None, preset: str | None = None, out: str | Path | None = None, *,
-          resume: str | Path | None = None, seed: int = 0, device: str = "auto", data_dir: str | None = None,
+          resume: str | Path | None = None, seed: int | None = None, device: str = "auto",
+          data_dir: str | None = None,
           download: bool = True, runs_dir: str | Path = "runs", deterministic: bool | None = None,
           console: Console | None = None, **overrides: Any) -> Path:
     """Train a zoo model (``name``, optionally a ``preset`` such as "smoke" or "cpu") into ``out`` (default
     RUNS/<name>/<time>), or continue the interrupted run ``resume``; returns the run directory.
 
-    ``overrides``: recipe values by key, e.g. ``epochs=3`` or ``lr=0.01`` ([train]), ``width=0.5`` ([model])."""
+    ``overrides``: recipe values by key, e.g. ``epochs=3`` or ``lr=0.01`` ([train]), ``width=0.5`` ([model]).
+    ``seed`` defaults to 0; ``resume`` continues the run with its own recipe, seed and directory, so ``preset``,
+    ``out``, ``seed`` or overrides beside it are refused rather than silently ignored."""
     device_ = resolve_device(device)
     if resume:
+        given = [f"--{k}" for k, v in {"preset": preset, "out": out, "seed": seed, **overrides}.items()
+                 if v is not None]
+        if given:
+            raise UserError(f"--resume continues a run with its own recipe, seed and directory; {', '.join(given)} "
+                            f"cannot change them (start a new run to train differently)")
         run_dir, recipe, seed, data_dir = _resumable(Path(resume), name, data_dir)
     else:
+        seed = 0 if seed is None else seed
         if not name:
             raise UserError("name a zoo model to train (see `robust-uatt zoo`), or --resume RUN_DIR")
         recipe = load_recipe(name, preset)

@@ -92,6 +92,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms on CUDA too (slower; always on for the CPU)")
     _add_common(p)
+    p.set_defaults(seed=None)  # None: not given (a fresh run uses 0; --resume refuses a --seed)
 
 
 def _add_attack(sub: Any) -> None:

@@ -616,3 +616,52 @@ def test_hypothesis_is_derandomized_in_ci_and_explores_only_when_asked(data_dir:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == derandomized
+
+
+# ---- 11. smaller: factory from the current directory, curve --steps and lock, --resume with other settings ---------
+
+def test_a_model_factory_in_the_current_directory_imports_without_python_m(data_dir: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installed console script has no current directory on sys.path (``python -m`` has): emulated here."""
+    (tmp_path / "rel2_cwd_factory.py").write_text(STOCHASTIC)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    code, _, err = main("attack", "--model-factory", "rel2_cwd_factory:build", "--dataset", "cifar10", "--attack",
+                        "fgsm", "--n", "20", "--checks", "none", "--data-dir", str(data_dir), "--no-download",
+                        "--device", "cpu", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert str(tmp_path) not in sys.path  # the current directory was added for the import only
+
+
+def test_curve_refuses_steps_with_a_suite(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    code, _, err = main("curve", "--model", str(tiny), "--suite", "quick", "--steps", "5", "--eps", "0,8/255",
+                        "--data-dir", str(data_dir), "--out", str(tmp_path / "c"))
+    one_line_error(code, err)
+    assert "--steps" in err and not (tmp_path / "c").exists()
+
+
+def test_curve_takes_the_output_lock(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    from robust_uatt.utils.files import RunLock
+
+    out = tmp_path / "c"
+    with RunLock(out):  # another curve is writing here
+        code, _, err = main("curve", "--model", str(tiny), "--attack", "pgd-ce", "--steps", "2", "--n", "20",
+                            "--eps", "0,8/255", "--data-dir", str(data_dir), "--no-download", "--device", "cpu",
+                            "--out", str(out))
+    one_line_error(code, err)
+    assert "in use" in err and not (out / "curve.json").exists()
+    code, _, err = main("curve", "--model", str(tiny), "--attack", "pgd-ce", "--steps", "2", "--n", "20",
+                        "--eps", "0,8/255", "--data-dir", str(data_dir), "--no-download", "--device", "cpu",
+                        "--out", str(out))
+    assert code == 0, err
+    assert (out / "curve.json").is_file() and not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "3"), ("--seed", "5"), ("--seed", "0"), ("--preset", "smoke"),
+                                         ("--out", "elsewhere")])
+def test_resume_refuses_settings_it_would_ignore(tiny: Path, data_dir: Path, tmp_path: Path, flag: str,
+                                                 value: str) -> None:
+    run = resumable(tiny, tmp_path / "run")
+    code, _, err = main("train", "--resume", str(run), flag, value, "--data-dir", str(data_dir), "--device", "cpu")
+    one_line_error(code, err)
+    assert flag in err and not (run / "model.safetensors").exists()
