@@ -255,6 +255,18 @@ def test_a_recipe_name_from_a_checkpoint_never_leaves_the_runs_directory(tiny: P
     assert not outside.exists() and not (tmp_path / "deep" / "escaped").exists()
 
 
+def test_exporting_a_run_whose_recipe_name_climbs_out_writes_inside_the_destination(tiny: Path, data_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    from robust_uatt.training.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny, run)
+    craft_checkpoint(tiny, run / "model.safetensors", name="../../escaped")
+    dest = tmp_path / "a" / "b" / "weights"
+    weights, card = export_run(run, dest=dest, data_dir=str(data_dir))
+    assert weights.parent == dest and card.parent == dest and not (tmp_path / "escaped.safetensors").exists()
+
+
 HOSTILE = "[/bold]\x1b]0;owned\x07\x1b[31mred[bold"
 
 

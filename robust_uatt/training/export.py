@@ -20,7 +20,14 @@ from robust_uatt.evaluation.intervals import clopper_pearson
 from robust_uatt.models.shipped import KIND, shipped_dir
 from robust_uatt.models.zoo import Recipe, create_model
 from robust_uatt.utils.errors import UserError
-from robust_uatt.utils.files import load_state_into, load_tensors, read_json, save_tensors, write_json
+from robust_uatt.utils.files import (
+    load_state_into,
+    load_tensors,
+    read_json,
+    safe_component,
+    save_tensors,
+    write_json,
+)
 
 
 def accuracy_entry(correct: int, n: int) -> dict[str, Any]:
@@ -72,7 +79,7 @@ def export_run(run_dir: str | Path, name: str | None = None, dest: str | Path | 
     tensors, meta = load_tensors(weights)
     recipe = Recipe.from_dict(meta["recipe"], where=str(weights))
     card = read_json(card_path)
-    name = name or recipe.name
+    name = name or safe_component(recipe.name)  # a name read from a file: one path component, never ../
     dest = Path(dest) if dest is not None else shipped_dir()
     dest.mkdir(parents=True, exist_ok=True)
 
