@@ -10,19 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import settings
 
 from robust_uatt.evaluation.selftest import synthetic_squares
+import tests.hypothesis_profiles  # noqa: F401  (derandomized unless HYPOTHESIS_PROFILE=explore; always in CI)
 
 REPO = Path(__file__).resolve().parent.parent
-
-# Property-based tests: derandomized (the same examples on every run, no example database) unless random exploration
-# is asked for with HYPOTHESIS_PROFILE=explore. CI (CI=true) always runs the derandomized profile, so a test that
-# passes once passes every time; a failure found by exploring becomes an @example or a fix, never a flaky CI run.
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-settings.register_profile("explore", derandomize=False)
-settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
 
 synthetic_images = synthetic_squares  # the generator selftest also uses (robust_uatt.evaluation.selftest)
 

@@ -614,7 +614,7 @@ def test_an_error_echoing_control_characters_is_one_line_of_text(argv: list[str]
     assert not any(ord(c) < 32 or 0x7f <= ord(c) < 0xa0 or c in "\u2028\u2029" for c in err[:-1]), repr(err)
 
 
-PROFILE = "from hypothesis import settings; import tests.conftest; print(settings.default.derandomize)"
+PROFILE = "from hypothesis import settings; import tests.hypothesis_profiles; print(settings.default.derandomize)"
 
 
 @pytest.mark.parametrize("environment, derandomized", [({"CI": "true"}, "True"),
