@@ -281,11 +281,14 @@ def test_a_hostile_recipe_name_prints_as_text(tiny: Path, data_dir: Path, tmp_pa
     assert json.loads(results.read_text())["model"]["name"] == HOSTILE  # recorded as it is
 
 
-def test_compare_prints_a_hostile_model_name_as_text(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_compare_prints_a_hostile_model_name_as_text(tiny: Path, data_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # a wide table: names are not wrapped across lines
     code, out, err = attack(tiny, data_dir, tmp_path / "a", "--checks", "none")
     assert code == 0, err
     result = json.loads((tmp_path / "a" / "results.json").read_text())
     result["model"]["name"] = HOSTILE
+    result.update(checks_level="fast", valid=True)  # a checked result: compare ranks it in the table
     (tmp_path / "a" / "results.json").write_text(json.dumps(result))
     board = tmp_path / "board"
     board.mkdir()
