@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from robust_uatt.evaluation.selftest import synthetic_squares
 import tests.hypothesis_profiles  # noqa: F401  (derandomized unless HYPOTHESIS_PROFILE=explore; always in CI)
+from robust_uatt.evaluation.selftest import synthetic_squares
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -29,8 +29,8 @@ from typing import Any
 from torch import nn
 
 from robust_uatt.utils.compat import import_robustbench
-from robust_uatt.utils.files import weights_only_torch_load
 from robust_uatt.utils.errors import UserError, unknown_name
+from robust_uatt.utils.files import weights_only_torch_load
 
 
 def expected_weights(name: str, model_dir: str | Path, dataset: str = "cifar10", threat_model: str = "Linf") -> Path:
