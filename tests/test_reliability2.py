@@ -288,7 +288,7 @@ def test_compare_prints_a_hostile_model_name_as_text(tiny: Path, data_dir: Path,
     assert code == 0, err
     result = json.loads((tmp_path / "a" / "results.json").read_text())
     result["model"]["name"] = HOSTILE
-    result.update(checks_level="fast", valid=True)  # a checked result: compare ranks it in the table
+    result.update(checks_level="fast", valid=True, verdict="valid")  # a checked result: compare ranks it
     (tmp_path / "a" / "results.json").write_text(json.dumps(result))
     board = tmp_path / "board"
     board.mkdir()
