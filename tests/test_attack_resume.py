@@ -39,31 +39,38 @@ def _attack_cmd(model: Path, out: Path, *attack: str) -> list[str]:
             "--eps", "0.1", "--n", "200", "--batch-size", "20", "--checks", "none", "--out", str(out)]
 
 
+KILL_HOOK = """
+import os, signal
+def _install():
+    import robust_uatt.evaluation.harness as harness
+    save = harness._save_state
+    def save_then_die(path, key, clean, records):
+        save(path, key, clean, records)
+        if sum(len(r.batches_done) for r in records) >= int(os.environ["ROBUST_UATT_TEST_KILL_AFTER"]):
+            os.kill(os.getpid(), signal.SIGKILL)  # the kill lands right after a state write, as a real one may
+    harness._save_state = save_then_die
+if os.environ.get("ROBUST_UATT_TEST_KILL_AFTER"):
+    _install()
+"""
+
+
 def test_killed_attack_resumes_only_unfinished_batches(model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "ROBUST_UATT_DATA": str(data_dir), "PYTHONPATH": str(REPO)}
     straight = subprocess.run(_attack_cmd(model_dir, tmp_path / "straight"), env=env, capture_output=True, text=True,
                               timeout=300)
     assert straight.returncode == 0, straight.stderr
 
-    state = tmp_path / "killed" / "state.json"
-    proc = subprocess.Popen(_attack_cmd(model_dir, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    done_before = 0
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            records = json.loads(state.read_text())["records"]
-            done_before = sum(len(r["batches_done"]) for r in records)
-        except (OSError, ValueError, KeyError):
-            done_before = 0
-        if done_before >= 3:
-            break
-        time.sleep(0.05)
-    if proc.poll() is not None:
-        pytest.skip("the attack finished before it could be killed (machine too fast)")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # A deterministic SIGKILL: a sitecustomize on the killed process's path kills it right after the state write that
+    # records its 3rd finished batch, however fast the machine (polling state.json from here raced a fast attack).
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_HOOK)
+    killed_env = {**env, "PYTHONPATH": f"{hook}{os.pathsep}{REPO}", "ROBUST_UATT_TEST_KILL_AFTER": "3"}
+    proc = subprocess.run(_attack_cmd(model_dir, tmp_path / "killed"), env=killed_env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not (tmp_path / "killed" / "results.json").exists()
+    state = tmp_path / "killed" / "state.json"
     saved = json.loads(state.read_text())
     done_at_kill = sum(len(r["batches_done"]) for r in saved["records"])
     assert done_at_kill >= 3
