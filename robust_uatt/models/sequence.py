@@ -34,8 +34,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -48,6 +47,7 @@ from robust_uatt.models.glimpse import GlimpseNetwork, GlimpseSensor
 from robust_uatt.models.outputs import IGNORE, correct
 from robust_uatt.models.registry import register_model
 from robust_uatt.models.top_down import TopDown, TopDownChoice
+from robust_uatt.models.uatt import AttentionControls
 from robust_uatt.models.vgg import Normalize
 
 POLICIES = ("mean", "sample")
@@ -157,7 +157,7 @@ def reinforce_terms(log_probs: Tensor, baselines: Tensor, entropies: Tensor, rew
     return loss, F.mse_loss(baselines, reward.unsqueeze(0).expand_as(baselines))
 
 
-class SequenceUATT(nn.Module):
+class SequenceUATT(AttentionControls, nn.Module):
     """The unified attention model reading digit sequences; see the module docstring."""
 
     def __init__(self, config: SequenceUATTConfig) -> None:
@@ -302,31 +302,6 @@ class SequenceUATT(nn.Module):
         training accuracy)."""
         total, terms, _ = self.objective(x, y)
         return total, {k: float(v) for k, v in terms.items()}
-
-    @contextmanager
-    def attack_mode(self, *, grad_path: str | None = None, bpda_tau: float | None = None,
-                    forced_action: int | None = None) -> Iterator[None]:
-        """Attack-time settings, restored on exit (as ``UATT.attack_mode``); ``None`` leaves a setting alone.
-        ``grad_path="vgg"`` leaves no path to x here (no VGG features): the paper's gradient path does not exist."""
-        if grad_path is not None:
-            _check_choice("grad_path", grad_path, GRAD_PATHS)
-        saved = (self.grad_path, self.bpda_tau, self.top_down.forced_action if self.top_down is not None else None)
-        try:
-            if grad_path is not None:
-                self.grad_path = grad_path
-            if bpda_tau is not None:
-                self.bpda_tau = float(bpda_tau)
-            if forced_action is not None and self.top_down is not None:
-                self.top_down.forced_action = int(forced_action)
-            yield
-        finally:
-            self.grad_path, self.bpda_tau = saved[0], saved[1]
-            if self.top_down is not None:
-                self.top_down.forced_action = saved[2]
-
-    def after_optimizer_step(self) -> None:
-        if self.top_down is not None:
-            self.top_down.after_optimizer_step()
 
     @torch.no_grad()
     def trace(self, x: Tensor) -> dict[str, object]:

@@ -200,7 +200,46 @@ def eq14_loss(
     return total, terms
 
 
-class UATT(nn.Module):
+class AttentionControls:
+    """Attack-time switches and the optimizer hook shared by the attention models (``UATT``, ``SequenceUATT``):
+    each has ``grad_path``, ``bpda_tau`` and ``top_down`` (a ``TopDown`` or None)."""
+
+    grad_path: str
+    bpda_tau: float
+    top_down: Any
+
+    @contextmanager
+    def attack_mode(self, *, grad_path: str | None = None, bpda_tau: float | None = None,
+                    forced_action: int | None = None) -> Iterator[None]:
+        """Attack-time settings, restored on exit; ``None`` leaves a setting as it is.
+
+        ``grad_path``: "full" or "vgg" (the paper's protocol: d loss / d x only through the VGG features).
+        ``bpda_tau``: relax the top-down argmax to softmax(Q / tau) in the backward pass (BPDA).
+        ``forced_action``: force the top-down region (0..3) for region enumeration; ignored without top-down.
+        """
+        if grad_path is not None:
+            _check_choice("grad_path", grad_path, GRAD_PATHS)
+        saved = (self.grad_path, self.bpda_tau, self.top_down.forced_action if self.top_down is not None else None)
+        try:
+            if grad_path is not None:
+                self.grad_path = grad_path
+            if bpda_tau is not None:
+                self.bpda_tau = float(bpda_tau)
+            if forced_action is not None and self.top_down is not None:
+                self.top_down.forced_action = int(forced_action)
+            yield
+        finally:
+            self.grad_path, self.bpda_tau = saved[0], saved[1]
+            if self.top_down is not None:
+                self.top_down.forced_action = saved[2]
+
+    def after_optimizer_step(self) -> None:
+        """Let the top-down learner count the update and sync its frozen target network; no-op without it."""
+        if self.top_down is not None:
+            self.top_down.after_optimizer_step()
+
+
+class UATT(AttentionControls, nn.Module):
     """Unified attention model, built from a :class:`UATTConfig` (or by name through the zoo: ``build_uatt``)."""
 
     def __init__(self, config: UATTConfig) -> None:
@@ -367,36 +406,6 @@ class UATT(nn.Module):
         values = (terms["cls"], terms["context"], terms["reinforce"], terms["baseline"], loss_q,
                   terms["reward"].mean(), r.entropies.mean())  # fmt: skip
         return total, {key: v.detach() for key, v in zip(STAT_KEYS, values)}, r.logits[-1]
-
-    @contextmanager
-    def attack_mode(self, *, grad_path: str | None = None, bpda_tau: float | None = None,
-                    forced_action: int | None = None) -> Iterator[None]:
-        """Attack-time settings, restored on exit; ``None`` leaves a setting as it is.
-
-        ``grad_path``: "full" or "vgg" (the paper's protocol: d loss / d x only through the VGG features).
-        ``bpda_tau``: relax the top-down argmax to softmax(Q / tau) in the backward pass (BPDA).
-        ``forced_action``: force the top-down region (0..3) for region enumeration; ignored without top-down.
-        """
-        if grad_path is not None:
-            _check_choice("grad_path", grad_path, GRAD_PATHS)
-        saved = (self.grad_path, self.bpda_tau, self.top_down.forced_action if self.top_down is not None else None)
-        try:
-            if grad_path is not None:
-                self.grad_path = grad_path
-            if bpda_tau is not None:
-                self.bpda_tau = float(bpda_tau)
-            if forced_action is not None and self.top_down is not None:
-                self.top_down.forced_action = int(forced_action)
-            yield
-        finally:
-            self.grad_path, self.bpda_tau = saved[0], saved[1]
-            if self.top_down is not None:
-                self.top_down.forced_action = saved[2]
-
-    def after_optimizer_step(self) -> None:
-        """Let the top-down learner count the update and sync its frozen target network; no-op without it."""
-        if self.top_down is not None:
-            self.top_down.after_optimizer_step()
 
     @torch.no_grad()
     def trace(self, x: Tensor) -> dict[str, object]:
