@@ -564,7 +564,10 @@ def train(name: str | None = None, preset: str | None = None, out: str | Path | 
     """Train a zoo model (``name``, optionally a ``preset`` such as "smoke" or "cpu") into ``out`` (default
     RUNS/<name>/<time>), or continue the interrupted run ``resume``; returns the run directory.
 
-    ``overrides``: recipe values by key, e.g. ``epochs=3`` or ``lr=0.01`` ([train]), ``width=0.5`` ([model]).
+    ``overrides``: recipe values by key, e.g. ``epochs=3`` or ``lr=0.01`` ([train]), ``width=0.5`` ([model]);
+    adversarial training: ``adv="fgsm-rs" | "pgd" | "trades"`` and ``adv_eps="8/255"``, ``adv_alpha``,
+    ``adv_steps``, ``adv_beta``, ``adv_guard_drop`` ... (the keys of the recipe's [adv] table, ``AdvConfig``).
+
     ``seed`` defaults to 0; ``resume`` continues the run with its own recipe, seed and directory, so ``preset``,
     ``out``, ``seed`` or overrides beside it are refused rather than silently ignored."""
     device_ = resolve_device(device)
@@ -604,8 +607,17 @@ def train(name: str | None = None, preset: str | None = None, out: str | Path | 
 
 
 def _override(recipe: Any, overrides: dict[str, Any]) -> None:
+    adv = {("kind" if k == "adv" else k[4:]): v for k, v in overrides.items()
+           if (k == "adv" or k.startswith("adv_")) and v is not None}
+    if adv:
+        if "kind" not in adv and not recipe.adv:
+            raise UserError(f"--{'-'.join(['adv', *sorted(adv)[0].split('_')])} needs --adv KIND (fgsm-rs, pgd or "
+                            f"trades), or a recipe with an [adv] table")
+        from robust_uatt.training.config import adv_table
+
+        recipe.adv = adv_table({**recipe.adv, **adv}, "command line")
     for key, value in overrides.items():
-        if value is None:
+        if value is None or key == "adv" or key.startswith("adv_"):
             continue
         table = next((t for t in (recipe.train, recipe.data, recipe.model) if key in t), None)
         if table is None:

@@ -91,6 +91,16 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms on CUDA too (slower; always on for the CPU)")
+    a = p.add_argument_group("adversarial training (Linf; overrides the recipe's [adv] table)")
+    a.add_argument("--adv", default=None, metavar="KIND", help="fgsm-rs (Wong et al. 2020), pgd (Madry et al.) or "
+                   "trades (Zhang et al. 2019)")
+    a.add_argument("--adv-eps", default=None, help="radius in [0,1] pixel units, e.g. 8/255")
+    a.add_argument("--adv-alpha", default=None, help="step size (default 1.25 eps for fgsm-rs, eps/4 otherwise)")
+    a.add_argument("--adv-steps", type=int, default=None, help="iterations of pgd and trades (default 10)")
+    a.add_argument("--adv-beta", type=float, default=None, help="TRADES weight of the KL term (default 6)")
+    a.add_argument("--adv-guard-drop", type=float, default=None,
+                   help="stop and restore the best epoch when validation PGD accuracy falls this far below it "
+                        "(default 0.2)")
     _add_common(p)
     p.set_defaults(seed=None)  # None: not given (a fresh run uses 0; --resume refuses a --seed)
 
@@ -270,7 +280,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = api.train(args.model, args.preset, args.out, resume=args.resume, epochs=args.epochs, seed=args.seed,
                             device=args.device, data_dir=args.data_dir, download=not args.no_download,
                             runs_dir=args.runs_dir, deterministic=True if args.deterministic else None,
-                            console=Console(stderr=True))
+                            console=Console(stderr=True), adv=args.adv, adv_eps=args.adv_eps,
+                            adv_alpha=args.adv_alpha, adv_steps=args.adv_steps, adv_beta=args.adv_beta,
+                            adv_guard_drop=args.adv_guard_drop)
     except TrainingDiverged as e:
         sys.stderr.write(f"robust-uatt: training diverged: {_one_line(str(e))}\n")
         return 3

@@ -20,7 +20,7 @@ from torch import nn
 from robust_uatt.data.config import DataConfig
 from robust_uatt.data.datasets import DATASETS, SEQUENCE_DATASETS, dataset_shape, sequence_length
 from robust_uatt.models.registry import MODELS, builder_params, predicts_sequences
-from robust_uatt.training.config import TrainConfig
+from robust_uatt.training.config import TrainConfig, adv_table
 from robust_uatt.utils import toml
 from robust_uatt.utils.config import from_table, schema
 from robust_uatt.utils.errors import UserError, unknown_name
@@ -31,7 +31,7 @@ from robust_uatt.utils.resources import find_toml, toml_names
 
 TRAIN_SCHEMA = schema(TrainConfig)  # {key: (types, default)}, from the dataclass fields
 DATA_SCHEMA = schema(DataConfig)
-TOP_KEYS = {"description", "dataset", "paper", "model", "data", "train", "presets"}
+TOP_KEYS = {"description", "dataset", "paper", "model", "data", "train", "adv", "presets", "base"}
 
 
 @dataclass
@@ -48,17 +48,19 @@ class Recipe:
     preset: str | None = None
     presets: list[str] = field(default_factory=list)
     source: str = ""
+    adv: dict[str, Any] = field(default_factory=dict)  # [adv]: adversarial training; empty = clean training
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "dataset": self.dataset, "paper": self.paper,
-                "preset": self.preset, "model": self.model, "data": self.data, "train": self.train}
+                "preset": self.preset, "model": self.model, "data": self.data, "train": self.train,
+                **({"adv": self.adv} if self.adv else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "recipe") -> "Recipe":
         """Rebuild from ``to_dict`` output (checkpoint metadata, config.json), validating it again."""
         if not isinstance(d, dict):
             raise UserError(f"{where}: the recipe must be a table, got {type(d).__name__}")
-        raw = {k: d.get(k) for k in ("description", "dataset", "paper", "model", "data", "train") if d.get(k)}
+        raw = {k: d.get(k) for k in ("description", "dataset", "paper", "model", "data", "train", "adv") if d.get(k)}
         recipe = _validate(raw, str(d.get("name", "?")), where)
         preset = d.get("preset")
         recipe.preset = preset if isinstance(preset, str) else None
@@ -139,20 +141,18 @@ def _validate(raw: dict[str, Any], name: str, where: str) -> Recipe:
     _check_labels(model["arch"], dataset, where)
     if data["min_digits"] > data["max_digits"]:
         raise UserError(f"{where}: [data] min_digits {data['min_digits']} exceeds max_digits {data['max_digits']}")
+    adv = adv_table(raw["adv"], where) if "adv" in raw else {}
     return Recipe(name=name, description=str(raw.get("description", "")), dataset=dataset,
                   model=model, data=data, train=train,
-                  paper=str(raw.get("paper", "")), source=where)
+                  paper=str(raw.get("paper", "")), source=where, adv=adv)
 
 
 def load_recipe(name: str, preset: str | None = None) -> Recipe:
     """Read, merge the preset into, and validate a recipe by zoo name (or a path to a .toml file)."""
     path = _recipe_path(name)
-    try:
-        raw = toml.loads(path.read_text(encoding="utf-8"))
-    except (toml.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: invalid TOML ({e})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read recipe ({e.strerror or e})") from None
+    raw = _read_toml(path)
+    if "base" in raw:
+        raw = _on_base(raw, path)
     presets = raw.pop("presets", {}) if isinstance(raw.get("presets", {}), dict) else None
     if presets is None or not all(isinstance(v, dict) for v in presets.values()):
         raise UserError(f"{path}: [presets] must be a table of tables")
@@ -166,6 +166,29 @@ def load_recipe(name: str, preset: str | None = None) -> Recipe:
         if other != preset:
             _validate(_deep_merge(raw, presets[other]), path.stem, f"{path} [presets.{other}]")
     return recipe
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return toml.loads(path.read_text(encoding="utf-8"))
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: invalid TOML ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read recipe ({e.strerror or e})") from None
+
+
+def _on_base(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``base = "other"``: the other zoo recipe's tables (not its presets) with this file's keys merged on top, so a
+    variant (``cifar10-vgg-at``) shares its model definition with the recipe it extends. One level only."""
+    base = raw.pop("base")
+    if not isinstance(base, str):
+        raise UserError(f"{path}: 'base' must name a zoo recipe, got {type(base).__name__}")
+    base_path = _recipe_path(base)
+    inherited = _read_toml(base_path)
+    if "base" in inherited:
+        raise UserError(f"{path}: its base {base_path.stem} has a base of its own (one level only)")
+    inherited.pop("presets", None)
+    return _deep_merge(inherited, raw)
 
 
 def create_model(recipe: Recipe) -> nn.Module:

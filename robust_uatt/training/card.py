@@ -21,8 +21,10 @@ from robust_uatt.utils.runtime import versions
 
 
 def write_model_card(recipe: Recipe, run_dir: Path, model: nn.Module, *, seed: int, device: Any,
-                     splits: tuple[Split, Split, Split], started: float, console: Console) -> dict[str, Any]:
-    """Test accuracy (and on the lossless subset), data provenance and speed -> model_card.json, then the weights."""
+                     splits: tuple[Split, Split, Split], started: float, console: Console,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Test accuracy (and on the lossless subset), data provenance and speed -> model_card.json, then the weights.
+    ``extra``: further sections (adversarial training: ``{"adversarial": ...}``)."""
     train_set, val_set, test_set = splits
     t = recipe.train
     records = read_metrics(run_dir / METRICS)
@@ -36,7 +38,8 @@ def write_model_card(recipe: Recipe, run_dir: Path, model: nn.Module, *, seed: i
                  "validation": "holdout" if recipe.data["holdout"] else "test split", "val_n": len(val_set)},
         "accuracy": {"test": test_acc, "val_last_epoch": records[-1]["val_acc"] if records else None},
         "train_images_per_s": (sum(r["images_per_s"] for r in records) / len(records)) if records else None,
-        "epochs": t["epochs"], "versions": config_versions(run_dir),
+        "epochs": t["epochs"], "epochs_run": len(records), "versions": config_versions(run_dir),
+        **(extra or {}),
     }
     if test_set.lossless is not None and bool(test_set.lossless.any()) and not bool(test_set.lossless.all()):
         exact = test_set.subset(test_set.lossless)

@@ -5,6 +5,8 @@ Tricks, each named: uint8 data held in memory and augmented on tensors (no per-i
 the step number (no scheduler state to save); bf16 autocast on CUDA only (bf16 on a CPU without AMX is ~10x
 slower); a model may define ``objective(x, y)`` (the attention model's Eq. 14 + Q loss) and
 ``after_optimizer_step()`` (its frozen target sync); everything else is trained with cross-entropy.
+Adversarial training (a recipe's ``[adv]``) swaps the clean loss for ``adversarial.adversarial_loss`` in
+``train_step`` and adds the catastrophic-overfitting guard after every epoch.
 
 Resumable: ``checkpoint.safetensors`` holds weights, optimizer state and both RNG states at an epoch end (and every
 ``checkpoint_every`` steps), so a resumed run replays the exact same batches. Crash-safe: every file is written
@@ -30,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
 from robust_uatt.data.datasets import Split, augment_crop_flip, load_split, to_float
 from robust_uatt.evaluation.predict import accuracy
-from robust_uatt.models.outputs import correct
 from robust_uatt.models.zoo import Recipe, create_model
+from robust_uatt.training import adversarial
 from robust_uatt.training.card import config_versions, read_metrics, write_model_card
 from robust_uatt.training.checkpoint import (
     CARD,
@@ -51,6 +52,8 @@ from robust_uatt.training.checkpoint import (
     save_checkpoint,
     truncate_lines,
 )
+from robust_uatt.training.config import AdvSettings
+from robust_uatt.training.objective import count_correct, model_loss
 from robust_uatt.utils.errors import UserError
 from robust_uatt.utils.files import RunLock, append_jsonl, atomic_write_text, remove_stale_temps, write_json
 from robust_uatt.utils.runtime import configure, seed_all, versions
@@ -146,6 +149,7 @@ class Run:
     device: torch.device
     splits: tuple[Split, Split, Split]
     console: Console
+    adv: AdvSettings | None = None  # adversarial training (the recipe's [adv]); None = clean
 
     @property
     def cfg(self) -> dict[str, Any]:
@@ -176,7 +180,8 @@ def train(recipe: Recipe, run_dir: Path, *, seed: int, device: torch.device, dat
     console = console or Console(stderr=True)
     run_dir = Path(run_dir)
     splits = split_data(recipe, data_dir, download)
-    create_model(recipe)  # a recipe whose model cannot be built fails here, before anything is written
+    # a recipe whose model cannot be built, or bad adversarial settings, fail here, before anything is written
+    adv = adversarial.settings_for(recipe, create_model(recipe))
     created = not resume and not run_dir.exists()
     try:
         lock = RunLock(run_dir).acquire()
@@ -189,7 +194,7 @@ def train(recipe: Recipe, run_dir: Path, *, seed: int, device: torch.device, dat
         fresh = not resume
         remove_stale_temps(run_dir)  # left by a writer killed mid-write; we hold the lock, so none is live
         with deterministic_mode(device, deterministic):
-            return _train_locked(Run(recipe, run_dir, seed, device, splits, console), data_dir, resume)
+            return _train_locked(Run(recipe, run_dir, seed, device, splits, console, adv), data_dir, resume)
     except (UserError, OSError, TrainingDiverged):
         if fresh and not (run_dir / CHECKPOINT).exists():  # nothing to resume: leave nothing half-made
             for f in (run_dir / CONFIG, run_dir / METRICS):
@@ -240,20 +245,28 @@ def _train_locked(run: Run, data_dir: str | None, resume: bool) -> dict[str, Any
         write_json(run.run_dir / CONFIG, {"recipe": run.recipe.to_dict(), "seed": run.seed, "device": str(run.device),
                                           "data_dir": data_dir, "argv": sys.argv, "versions": versions()})
         atomic_write_text(run.run_dir / METRICS, "")
+    guard = (adversarial.OverfitGuard(run.run_dir, run.adv, val_set, run.device, run.cfg["eval_batch_size"],
+                                      read_metrics(run.run_dir / METRICS)) if run.adv else None)
     started = time.perf_counter()
     with StopSignals() as stop, _resume_hint_on_interrupt(run):
         while state.epoch < run.cfg["epochs"]:
             record = train_one_epoch(run, state, stop)
+            collapsed = guard is not None and guard.update(record, state.model)
             append_jsonl(run.run_dir / METRICS, record)
+            if collapsed:
+                run.console.print(guard.restore(state.model), markup=False, highlight=False, soft_wrap=True)
+                break
             state.epoch, state.step_in_epoch, state.partial, state.data_rng = state.epoch + 1, 0, {}, None
             state.metrics_lines += 1
             run.checkpoint(state)
             stop.check()  # the signal came during validation: this checkpoint is the one
             run.console.print(f"epoch {state.epoch}/{run.cfg['epochs']}: loss {record['train_loss']:.4f}  "
                               f"train acc {record['train_acc']:.4f}  val acc {record['val_acc']:.4f}  "
-                              f"{record['images_per_s']:.0f} images/s")
+                              + (f"val PGD {record['val_pgd_acc']:.4f}  " if guard else "")
+                              + f"{record['images_per_s']:.0f} images/s")
     return write_model_card(run.recipe, run.run_dir, model, seed=run.seed, device=run.device, splits=run.splits,
-                            started=started, console=run.console)
+                            started=started, console=run.console,
+                            extra={"adversarial": guard.card()} if guard else None)
 
 
 @contextmanager
@@ -329,7 +342,8 @@ def train_step(run: Run, state: TrainState, train_set: Split, idx: torch.Tensor,
                global_step: int) -> tuple[float, dict[str, float], float]:
     """One optimizer step on the examples ``idx``: (loss, loss terms, correct predictions in the batch).
 
-    The loss is the model's own ``objective`` where it has one (the attention model), else cross-entropy."""
+    The loss is the model's own ``objective`` where it has one (the attention model), else cross-entropy; with
+    adversarial training, that loss on the adversarial batch (``adversarial.adversarial_loss``)."""
     t, model, device = run.cfg, state.model, run.device
     xb = train_set.x[idx]
     if run.recipe.data["augment"] == "crop-flip":
@@ -339,15 +353,12 @@ def train_step(run: Run, state: TrainState, train_set: Split, idx: torch.Tensor,
     for group in state.opt.param_groups:
         group["lr"] = lr_at(global_step, run.total_steps, t)
     with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext():
-        if hasattr(model, "objective"):
-            loss, tensor_terms, _ = model.objective(xb, yb)
-            terms = {k: float(v) for k, v in tensor_terms.items()}
-            batch_correct = terms.get("reward_mean", float("nan")) * len(yb)
+        if run.adv is not None:
+            loss, terms, batch_correct = adversarial.adversarial_loss(model, xb, yb, run.adv, state.gen,
+                                                                      t["label_smoothing"])
         else:
-            logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=t["label_smoothing"])
-            terms = {}
-            batch_correct = float(correct(logits, yb).sum())  # whole sequences for a sequence model
+            loss, tensor_terms, logits = model_loss(model, xb, yb, t["label_smoothing"])
+            terms, batch_correct = {k: float(v) for k, v in tensor_terms.items()}, count_correct(logits, yb)
     if not torch.isfinite(loss):
         ckpt = run.run_dir / CHECKPOINT
         raise TrainingDiverged(
