@@ -31,11 +31,10 @@ position (Goodfellow et al. 2014 use one softmax per digit plus one for the leng
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 import torch
@@ -47,23 +46,8 @@ from robust_uatt.models.glimpse import GlimpseNetwork, GlimpseSensor
 from robust_uatt.models.outputs import IGNORE, correct
 from robust_uatt.models.registry import register_model
 from robust_uatt.models.top_down import TopDown, TopDownChoice
-from robust_uatt.models.uatt import AttentionControls
+from robust_uatt.models.uatt import POLICIES, STAT_KEYS, AttentionControls, _check_choice, _choice
 from robust_uatt.models.vgg import Normalize
-
-POLICIES = ("mean", "sample")
-GRAD_PATHS = ("full", "vgg")
-STAT_KEYS = ("loss_cls", "loss_context", "loss_reinforce", "loss_baseline", "loss_q", "reward_mean", "entropy_mean")
-
-
-def _choice(*known: str) -> Any:
-    return field(default=known[0], metadata={"choices": known})
-
-
-def _check_choice(option: str, value: Any, known: Sequence[str]) -> None:
-    if value not in known:
-        close = difflib.get_close_matches(str(value), list(known), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown {option} '{value}'{hint} (known: {', '.join(known)})")
 
 
 @dataclass
@@ -186,21 +170,6 @@ class SequenceUATT(AttentionControls, nn.Module):
             self.top_down = TopDown(c.in_channels, c.image_size, levels=c.levels, feat_dim=c.td_feat_dim,
                                     exploration=c.td_exploration, epsilon=c.td_epsilon,
                                     target_sync=c.td_target_sync)
-
-    # ------------------------------------------------------------------------------------------------ policy
-    @property
-    def policy(self) -> str:
-        """Eval-mode location policy: ``"mean"`` (deterministic) or ``"sample"`` (stochastic, as in training)."""
-        return self._policy
-
-    @policy.setter
-    def policy(self, value: str) -> None:
-        _check_choice("policy", value, POLICIES)
-        self._policy = value
-
-    @property
-    def stochastic(self) -> bool:
-        return self.training or self._policy == "sample"
 
     def _initial_location(self, x: Tensor, choice: TopDownChoice | None) -> Tensor:
         if choice is not None:

@@ -201,12 +201,28 @@ def eq14_loss(
 
 
 class AttentionControls:
-    """Attack-time switches and the optimizer hook shared by the attention models (``UATT``, ``SequenceUATT``):
-    each has ``grad_path``, ``bpda_tau`` and ``top_down`` (a ``TopDown`` or None)."""
+    """The location policy, attack-time switches and the optimizer hook shared by the attention models (``UATT``,
+    ``SequenceUATT``): each has ``grad_path``, ``bpda_tau``, ``_policy`` and ``top_down`` (a ``TopDown`` or None)."""
 
     grad_path: str
     bpda_tau: float
     top_down: Any
+    _policy: str
+
+    @property
+    def policy(self) -> str:
+        """Eval-mode location policy: ``"mean"`` (deterministic) or ``"sample"`` (stochastic, as in training)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        _check_choice("policy", value, POLICIES)
+        self._policy = value
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether this pass draws random locations: always in train mode, in eval only with ``policy="sample"``."""
+        return self.training or self._policy == "sample"
 
     @contextmanager
     def attack_mode(self, *, grad_path: str | None = None, bpda_tau: float | None = None,
@@ -290,22 +306,6 @@ class UATT(AttentionControls, nn.Module):
                 c.in_channels, c.image_size, levels=c.levels, feat_dim=c.td_feat_dim, exploration=c.td_exploration,
                 epsilon=c.td_epsilon, target_sync=c.td_target_sync,
             )  # fmt: skip
-
-    # ------------------------------------------------------------------------------------------------ policy
-    @property
-    def policy(self) -> str:
-        """Eval-mode location policy: ``"mean"`` (deterministic) or ``"sample"`` (stochastic, as in training)."""
-        return self._policy
-
-    @policy.setter
-    def policy(self, value: str) -> None:
-        _check_choice("policy", value, POLICIES)
-        self._policy = value
-
-    @property
-    def stochastic(self) -> bool:
-        """Whether this pass draws random locations: always in train mode, in eval only with ``policy="sample"``."""
-        return self.training or self._policy == "sample"
 
     def _uniform(self, x: Tensor) -> Tensor:
         return torch.rand(x.shape[0], 2, dtype=x.dtype, device=x.device) * 2 - 1
