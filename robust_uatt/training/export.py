@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from robust_uatt.data.datasets import load_split, to_float
+from robust_uatt.data.datasets import load_split
 from robust_uatt.evaluation.intervals import clopper_pearson
+from robust_uatt.evaluation.predict import correct
 from robust_uatt.models.shipped import KIND, shipped_dir
 from robust_uatt.models.zoo import Recipe, create_model
 from robust_uatt.utils.errors import UserError
@@ -40,13 +41,8 @@ def to_fp16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _count_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> int:
-    from robust_uatt.models.outputs import correct as right
-
-    correct = 0
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            correct += int(right(model(to_float(x[i:i + batch])), y[i:i + batch]).sum())  # classes or sequences
-    return correct
+    """Test images (uint8) classified right (classes or whole sequences), judged as the harness judges clean points."""
+    return int(correct(model, x, y, batch, torch.device("cpu")).sum())
 
 
 def model_info(card: dict[str, Any], name: str) -> dict[str, Any]:
