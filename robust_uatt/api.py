@@ -32,6 +32,7 @@ from torch import nn
 from robust_uatt.attacks import ATTACKS, Attack, build_attack
 from robust_uatt.benchmark.compare import Report, default_leaderboard, load_results, parse_result, read_leaderboard
 from robust_uatt.benchmark.compare import compare as compare_results
+from robust_uatt.benchmark.seeds import SeedGroup, group_by_seed
 from robust_uatt.benchmark.zoo import ZooBenchmark, result_dir, zoo_models
 from robust_uatt.data.datasets import DATASETS, Split, load_split
 from robust_uatt.evaluation.checks import as_dicts, check_budget, check_model, check_run, gate
@@ -116,7 +117,8 @@ def load_model(name_or_path: str | None = None, *, factory: str | None = None, c
     if name_or_path:
         model, recipe, weights = load_trained(name_or_path, runs_dir)
         info = {"name": recipe.name, "spec": name_or_path, "weights": str(weights), "kind": "robust-uatt",
-                "origin": weights_origin(weights), "preset": recipe.preset, "recipe": recipe.to_dict()}
+                "origin": weights_origin(weights), "preset": recipe.preset, "recipe": recipe.to_dict(),
+                "train_seed": _train_seed(weights)}
         return _remember(model, ModelOrigin(info, recipe.dataset, recipe.data))
     dataset = dataset or "cifar10"
     if dataset not in DATASETS:
@@ -129,6 +131,14 @@ def load_model(name_or_path: str | None = None, *, factory: str | None = None, c
     model = load_robustbench_model(str(robustbench), model_dir, dataset=dataset, threat_model="Linf").eval()
     return _remember(model, ModelOrigin({"name": robustbench, "weights": str(model_dir), "kind": "robustbench"},
                                         dataset))
+
+
+def _train_seed(weights: Path) -> int | None:
+    """The training seed written into robust-uatt weights (runs and shipped files), None if absent."""
+    from robust_uatt.utils.files import read_metadata
+
+    seed = read_metadata(weights).get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -668,6 +678,32 @@ def compare(results: Sequence[str | Path | EvaluationResult], leaderboard: str |
     return compare_results(ours, rows, top=top, source=str(source))
 
 
+def seeds(results: Sequence[str | Path | EvaluationResult], *, runs_dir: str | Path = "runs") -> list[SeedGroup]:
+    """Mean and spread over training seeds, one group per (model, preset, suite, eps).
+
+    ``results``: EvaluationResult objects, results.json files, folders holding them (or runs holding them), or zoo
+    names (their attack results under RUNS/attacks/<name>/). A group may not repeat a training seed or mix test
+    points (UserError)."""
+    from robust_uatt.benchmark.compare import _results_files
+
+    loaded: list[EvaluationResult] = []
+    seen: set[Path] = set()
+    for item in results:
+        if isinstance(item, EvaluationResult):
+            loaded.append(item)
+            continue
+        for path in _results_files(str(item), runs_dir):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                loaded.append(EvaluationResult.load(path))
+    if not loaded:
+        raise UserError("no results to aggregate")
+    for r in loaded:
+        if any(p.startswith("results.json has no") for p in r.problems):
+            raise UserError(f"{r.path}: not a complete results.json ({'; '.join(r.problems[:2])})")
+    return group_by_seed(loaded)
+
+
 def write_json_file(path: str | Path, obj: Any) -> Path:
     """Write a JSON report atomically (the CLI's --out of curve and compare)."""
     check_writable(Path(path).parent)
@@ -676,7 +712,7 @@ def write_json_file(path: str | Path, obj: Any) -> Path:
 
 
 __all__ = ["list_models", "list_attacks", "list_suites", "zoo", "load_model", "make_attack", "evaluate",
-           "security_curve", "train", "compare", "EvaluationResult", "write_json_file"]
+           "security_curve", "train", "compare", "seeds", "EvaluationResult", "write_json_file"]
 
 
 # ------------------------------------------------------------------------------------------------ the rest
