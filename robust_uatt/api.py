@@ -635,6 +635,9 @@ def _override(recipe: Any, overrides: dict[str, Any]) -> None:
         if key == "epochs" and (not isinstance(value, int) or value <= 0):
             raise UserError(f"--epochs must be a positive integer, got {value}")
         table[key] = value
+    from robust_uatt.models.zoo import check_train_table
+
+    recipe.train = check_train_table(recipe.train, "overrides")
 
 
 def _resumable(run_dir: Path, name: str | None, data_dir: str | None) -> tuple[Path, Any, int, str | None]:

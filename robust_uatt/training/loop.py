@@ -54,6 +54,7 @@ from robust_uatt.training.checkpoint import (
 )
 from robust_uatt.training.config import AdvSettings
 from robust_uatt.training.objective import count_correct, model_loss
+from robust_uatt.training.selection import BestValidation
 from robust_uatt.utils.errors import UserError
 from robust_uatt.utils.files import RunLock, append_jsonl, atomic_write_text, remove_stale_temps, write_json
 from robust_uatt.utils.runtime import configure, seed_all, versions
@@ -247,11 +248,15 @@ def _train_locked(run: Run, data_dir: str | None, resume: bool) -> dict[str, Any
         atomic_write_text(run.run_dir / METRICS, "")
     guard = (adversarial.OverfitGuard(run.run_dir, run.adv, val_set, run.device, run.cfg["eval_batch_size"],
                                       read_metrics(run.run_dir / METRICS)) if run.adv else None)
+    selector = (BestValidation(run.run_dir, run.cfg["patience"], read_metrics(run.run_dir / METRICS))
+                if run.cfg["select"] == "best-val" else None)
     started = time.perf_counter()
     with StopSignals() as stop, _resume_hint_on_interrupt(run):
-        while state.epoch < run.cfg["epochs"]:
+        while state.epoch < run.cfg["epochs"] and not (selector and selector.out_of_patience()):
             record = train_one_epoch(run, state, stop)
             collapsed = guard is not None and guard.update(record, state.model)
+            if selector is not None:
+                selector.update(record, state.model)
             append_jsonl(run.run_dir / METRICS, record)
             if collapsed:
                 run.console.print(guard.restore(state.model), markup=False, highlight=False, soft_wrap=True)
@@ -264,9 +269,16 @@ def _train_locked(run: Run, data_dir: str | None, resume: bool) -> dict[str, Any
                               f"train acc {record['train_acc']:.4f}  val acc {record['val_acc']:.4f}  "
                               + (f"val PGD {record['val_pgd_acc']:.4f}  " if guard else "")
                               + f"{record['images_per_s']:.0f} images/s")
+    extra: dict[str, Any] = {}
+    if guard is not None:
+        extra["adversarial"] = guard.card()
+    if selector is not None and not (guard is not None and guard.stopped):  # a collapse restored its own best
+        message = selector.restore(state.model)
+        if message:
+            run.console.print(message, markup=False, highlight=False, soft_wrap=True)
+        extra["selection"] = selector.card()
     return write_model_card(run.recipe, run.run_dir, model, seed=run.seed, device=run.device, splits=run.splits,
-                            started=started, console=run.console,
-                            extra={"adversarial": guard.card()} if guard else None)
+                            started=started, console=run.console, extra=extra or None)
 
 
 @contextmanager
