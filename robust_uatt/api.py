@@ -707,6 +707,17 @@ def seeds(results: Sequence[str | Path | EvaluationResult], *, runs_dir: str | P
     return group_by_seed(loaded)
 
 
+def paper_table(table: int, *, runs_dir: str | Path = "runs", preset: str | None = None) -> dict[str, Any]:
+    """Paper Table ``table`` (1, 2 or 3) beside the finished runs of its recipes under ``runs_dir``: per row the
+    paper's error, ours as mean ± std over training seeds, each seed with n, interval and budget (JSON-ready)."""
+    from robust_uatt.benchmark.paper_tables import paper_rows, table_markdown
+
+    rows = paper_rows(table, runs_dir, preset)
+    return {"table": table, "preset": preset, "rows": [r.to_json() for r in rows],
+            "markdown": table_markdown(table, rows),
+            "error": "1 - test accuracy (whole sequences for Table 3); std: sample standard deviation over seeds"}
+
+
 def write_json_file(path: str | Path, obj: Any) -> Path:
     """Write a JSON report atomically (the CLI's --out of curve and compare)."""
     check_writable(Path(path).parent)
@@ -715,7 +726,8 @@ def write_json_file(path: str | Path, obj: Any) -> Path:
 
 
 __all__ = ["list_models", "list_attacks", "list_suites", "zoo", "load_model", "make_attack", "evaluate",
-           "security_curve", "train", "compare", "seeds", "EvaluationResult", "write_json_file"]
+           "security_curve", "train", "compare", "seeds", "paper_table", "EvaluationResult",
+           "write_json_file"]
 
 
 # ------------------------------------------------------------------------------------------------ the rest

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_benchmark(sub)
     _add_seeds(sub)
+    _add_paper_table(sub)
     return parser
 
 
@@ -189,6 +190,15 @@ def _add_seeds(sub: Any) -> None:
     p.add_argument("--out", default=None, help="folder for seeds.json and seeds.md (default: print only)")
     p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
                    help="where zoo names are looked up (default: runs, or $ROBUST_UATT_RUNS)")
+
+
+def _add_paper_table(sub: Any) -> None:
+    p = sub.add_parser("paper-table", help="the paper's Table 1, 2 or 3 (error rates) beside our finished runs")
+    p.add_argument("table", type=int, choices=(1, 2, 3), help="1: MNIST, 2: cluttered MNIST, 3: multi-digit")
+    p.add_argument("--preset", default=None, help="only runs of this preset (default: every finished run)")
+    p.add_argument("--out", default=None, help="folder for table<N>.json and table<N>.md (default: print only)")
+    p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
+                   help="where the runs are (default: runs, or $ROBUST_UATT_RUNS)")
 
 
 def _add_benchmark(sub: Any) -> None:
@@ -425,6 +435,21 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"benchmark": cmd_benchmark, "seeds": cmd_seeds, "zoo": cmd_zoo, "attacks": cmd_attacks, "suites": cmd_suites,
+def cmd_paper_table(args: argparse.Namespace) -> int:
+    from robust_uatt import api
+
+    report = api.paper_table(args.table, runs_dir=args.runs_dir, preset=args.preset)
+    if args.out:
+        from robust_uatt.utils.files import atomic_write_text
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        api.write_json_file(out / f"table{args.table}.json", report)
+        atomic_write_text(out / f"table{args.table}.md", report["markdown"])
+    print(report["markdown"])
+    return 0
+
+
+COMMANDS = {"benchmark": cmd_benchmark, "seeds": cmd_seeds, "paper-table": cmd_paper_table, "zoo": cmd_zoo, "attacks": cmd_attacks, "suites": cmd_suites,
             "train": cmd_train, "attack": cmd_attack, "curve": cmd_curve, "selftest": cmd_selftest,
             "glimpses": cmd_glimpses, "compare": cmd_compare}

@@ -81,3 +81,43 @@ def test_load_model_records_the_training_seed(tmp_path: Path) -> None:
     assert api._train_seed(tmp_path / "w.safetensors") == 7
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 3)
     assert api._train_seed(tmp_path / "bad.safetensors") is None
+
+
+def _fake_run(runs: Path, name: str, stamp: str, seed: int, acc: float, n: int = 10000, preset: str | None = None,
+              finished: bool = True) -> None:
+    run = runs / name / stamp
+    run.mkdir(parents=True)
+    write_json(run / "model_card.json", {"accuracy": {"test": acc}, "data": {"test_n": n}, "seed": seed,
+                                         "preset": preset, "epochs": 100, "epochs_run": 40,
+                                         "selection": {"best_epoch": 30}, "command": "robust-uatt train",
+                                         "versions": {"commit": "abc"}})
+    if finished:
+        (run / "model.safetensors").write_bytes(b"")
+
+
+def test_paper_table_sets_each_paper_row_beside_our_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    _fake_run(runs, "mnist-ram", "a", 0, 0.9890)
+    _fake_run(runs, "mnist-ram", "b", 1, 0.9880)
+    _fake_run(runs, "mnist-ram", "c", 2, 0.5, finished=False)  # unfinished: left out
+    _fake_run(runs, "mnist-fc", "a", 0, 0.98, preset="cpu")
+    report = api.paper_table(1, runs_dir=runs)
+    rows = {r["recipe"]: r for r in report["rows"]}
+    assert len(rows) == 6 and rows["mnist-ram"]["paper_error"] == pytest.approx(0.0112)
+    ram = rows["mnist-ram"]
+    assert ram["n_seeds"] == 2 and ram["error_mean"] == pytest.approx(0.0115)
+    assert ram["error_std"] == pytest.approx(statistics.stdev([0.011, 0.012]))
+    assert ram["seeds"][0]["wrong"] == 110 and ram["seeds"][0]["ci95"][0] < 0.011 < ram["seeds"][0]["ci95"][1]
+    assert rows["mnist-uatt"]["n_seeds"] == 0 and rows["mnist-uatt"]["error_mean"] is None
+    assert api.paper_table(1, runs_dir=runs, preset="cpu")["rows"][0]["n_seeds"] in (0, 1)
+    assert main(["paper-table", "1", "--runs-dir", str(runs), "--out", str(tmp_path / "t")]) == 0
+    md = (tmp_path / "t" / "table1.md").read_text()
+    assert "| RAM, 6 glimpses, 8x8, 1 scale (`mnist-ram`) | 1.12% | 1.15% ± 0.07 | 2 |" in md
+    assert "not run" in md and "not run" in capsys.readouterr().out
+
+
+def test_paper_table_refuses_two_runs_of_one_seed(tmp_path: Path) -> None:
+    _fake_run(tmp_path, "mnist-ram", "a", 0, 0.99)
+    _fake_run(tmp_path, "mnist-ram", "b", 0, 0.98)
+    with pytest.raises(UserError, match="same seed"):
+        api.paper_table(1, runs_dir=tmp_path)
