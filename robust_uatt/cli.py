@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"robust-uatt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sub.add_parser("zoo", help="list the model zoo")
+    z = sub.add_parser("zoo", help="list the model zoo")
+    z.add_argument("--names", action="store_true", help="only the names, one a line (for scripts)")
     sub.add_parser("attacks", help="list the attacks (what --attack accepts)")
     sub.add_parser("suites", help="list the attack suites (what --suite accepts)")
     _add_train(sub)
@@ -260,6 +261,9 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from robust_uatt import api
     from robust_uatt.viz.tables import zoo_table
 
+    if args.names:
+        print("\n".join(api.list_models()))
+        return 0
     Console().print(zoo_table(api.zoo()))
     return 0
 

@@ -31,6 +31,8 @@ def test_zoo_lists_models(run_cli) -> None:
     out = run_cli("zoo")
     assert out.returncode == 0, out.stderr
     assert "cifar10-vgg" in out.stdout and "cifar10" in out.stdout and "M" in out.stdout
+    names = run_cli("zoo", "--names").stdout.split()
+    assert "cifar10-vgg" in names and "mnist-ram7" in names and all(" " not in n for n in names)
 
 
 def test_smoke_train_writes_weights_card_and_metrics(trained_run: Path) -> None:
