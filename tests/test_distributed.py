@@ -240,3 +240,18 @@ def test_bad_shard_settings_are_one_line(one_process_run: Path, data_dir: Path, 
         assert cli.main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_the_attention_model_trains_under_ddp(data_dir: Path, tmp_path: Path) -> None:
+    """Every Eq. 14 term (classification, context, REINFORCE, baseline) and the Q loss in one DDP forward, with
+    unused parameters found and the frozen target network outside the reduction."""
+    argv = ["train", "mnist-uatt", "--preset", "smoke", "--out", str(tmp_path / "uatt"), "--device", "cpu"]
+    results = _wait(_launch([argv, argv], tmp_path, data_dir))
+    assert [r[0] for r in results] == [0, 0], results[0][2] + results[1][2]
+    record = json.loads((tmp_path / "uatt" / "metrics.jsonl").read_text().splitlines()[-1])
+    for term in ("loss_cls", "loss_context", "loss_reinforce", "loss_baseline", "loss_q", "train_loss"):
+        assert term in record and record[term] == record[term]  # present and not NaN
+    card = json.loads((tmp_path / "uatt" / "model_card.json").read_text())
+    assert card["distributed"]["world_size"] == 2 and card["distributed"]["global_batch"] == 128
+    model = ru.load_model(str(tmp_path / "uatt"))
+    assert hasattr(model, "trace")
