@@ -308,6 +308,18 @@ class StepLoss(nn.Module):
         return step_loss(self.model, self._run[0], xb, yb, self._gen)
 
 
+def wrap_ddp(run: Run, state: TrainState) -> None:
+    """``run.ddp`` = DistributedDataParallel around the step's loss (broadcasting rank 0's weights and buffers):
+    unused parameters are looked for in models with their own objective (the attention model's terms do not all
+    touch every parameter); parameters with requires_grad off (the frozen target network) are not reduced."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    with distributed.collective("wrapping the model in DistributedDataParallel"):
+        run.ddp = DistributedDataParallel(
+            StepLoss(state.model, run, state.gen), device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            find_unused_parameters=hasattr(state.model, "objective"))
+
+
 def step_loss(model: nn.Module, run: Run, xb: torch.Tensor, yb: torch.Tensor,
               gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float], float]:
     """(loss with graph, loss terms, correct predictions): the model's own objective or cross-entropy, on the
@@ -399,12 +411,7 @@ def _train_locked(run: Run, data_dir: str | None, resume: bool) -> dict[str, Any
                                              else {})})
         atomic_write_text(run.run_dir / METRICS, "")
     if run.where.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        with distributed.collective("wrapping the model in DistributedDataParallel"):
-            run.ddp = DistributedDataParallel(
-                StepLoss(model, run, state.gen), device_ids=[run.device.index] if run.device.type == "cuda" else None,
-                find_unused_parameters=hasattr(model, "objective"))
+        wrap_ddp(run, state)
     guard = (adversarial.OverfitGuard(run.run_dir, run.adv, val_set, run.device, run.cfg["eval_batch_size"],
                                       read_metrics(run.run_dir / METRICS)) if run.adv and main else None)
     started = time.perf_counter()
