@@ -130,7 +130,9 @@ def _add_attack(sub: Any) -> None:
                    help="attack option, e.g. grad_path=full, tau=0.1, restarts=3 (repeatable)")
     p.add_argument("--checks", default="fast", help="sanity checks: none, fast (default) or full")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every clean-correct point")
-    p.add_argument("--n", type=int, default=1000, help="attack the first n test images")
+    p.add_argument("--n", "--images", type=int, default=1000, dest="n",
+                   help="attack the first n test images (--images: the same, for torchrun, whose own parser takes "
+                        "--n for an abbreviation of its options)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--out", default=None, help="output directory (default: RUNS/attacks/<model>/<timestamp>-<suite>)")
     s = p.add_argument_group("scaling out (see README: Scaling out; under torchrun every rank takes its shard)")
