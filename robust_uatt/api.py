@@ -592,6 +592,9 @@ def _run(model: nn.Module, data: Split, plan: _Plan, attacks: list[Attack], orig
     valid, reasons = gate(checks)
     result = _result(outcome, attacks, plan, origin, data, eot, valid, reasons, checks, device, command)
     result.judge_draws = draws
+    result.data["block"] = block  # points per evaluation block: outcomes depend on it, never on the shards
+    if merge_states_ is not None:
+        result.extra["shards"] = {"count": len(merge_states_), "from": [where for where, _ in merge_states_]}
     return result
 
 

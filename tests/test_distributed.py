@@ -221,6 +221,8 @@ def test_sharded_attacks_merge_to_the_unsharded_outcomes_exactly(attacked_model:
     assert [r[0] for r in results] == [0, 0], results[0][2] + results[1][2]
     gathered = json.loads((tmp_path / "torchrun" / "results.json").read_text())
     assert gathered["per_example"] == whole.per_example
+    assert gathered["data"]["block"] == 16 and gathered["shards"]["count"] == 2
+    assert ru.EvaluationResult.load(tmp_path / "torchrun").robust_accuracy == whole.robust_accuracy
     assert (tmp_path / "torchrun" / "shard-1-of-2" / "state.json").is_file()
 
 
