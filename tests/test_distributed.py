@@ -257,3 +257,41 @@ def test_the_attention_model_trains_under_ddp(data_dir: Path, tmp_path: Path) ->
     assert card["distributed"]["world_size"] == 2 and card["distributed"]["global_batch"] == 128
     model = ru.load_model(str(tmp_path / "uatt"))
     assert hasattr(model, "trace")
+
+
+ATTACK_KILL_HOOK = """
+import os, signal
+if os.environ.get("ROBUST_UATT_TEST_KILL_RANK") == os.environ.get("RANK"):
+    import robust_uatt.evaluation.harness as harness
+    save = harness._save_state
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        if sum(len(r.batches_done) for r in args[3]) >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # right after the state write of this rank's 2nd batch
+    harness._save_state = save_then_die
+"""
+
+
+def test_a_rank_killed_mid_attack_stops_the_others_and_the_rerun_resumes(attacked_model: Path, data_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(ATTACK_KILL_HOOK)
+    out = tmp_path / "attack"
+    argv = ["attack", "--model", str(attacked_model), "--suite", "quick", "--eps", "0.3", "--images", "48",
+            "--batch-size", "8", "--block", "16", "--checks", "none", "--seed", "3", "--device", "cpu",
+            "--out", str(out)]
+    started = time.monotonic()
+    (rc0, _, err0), (rc1, _, _) = _wait(_launch([argv, argv], tmp_path, data_dir,
+                                                {"ROBUST_UATT_TEST_KILL_RANK": "1"}, f"{hook}{os.pathsep}{REPO}"))
+    assert rc1 == -signal.SIGKILL and rc0 == 5, err0
+    assert time.monotonic() - started < 60
+    assert "another rank stopped" in err0 and "rerun the same command" in err0
+    assert not (out / "results.json").exists()
+    killed_state = json.loads((out / "shard-1-of-2" / "state.json").read_text())
+    assert sum(len(r["batches_done"]) for r in killed_state["records"]) == 2
+
+    resumed = _wait(_launch([argv, argv], tmp_path, data_dir))
+    assert [r[0] for r in resumed] == [0, 0], resumed[0][2] + resumed[1][2]
+    whole = ru.evaluate(ru.load_model(str(attacked_model)), **{**ATTACK, "data_dir": str(data_dir)})
+    assert json.loads((out / "results.json").read_text())["per_example"] == whole.per_example
