@@ -173,7 +173,8 @@ def test_ranks_must_agree_and_the_world_size_must_divide_the_batch(recipe: Path,
     results = _wait(_launch([base, [*base, "--seed", "1"]], tmp_path, data_dir))
     assert [r[0] for r in results] == [2, 2]
     for _, _, err in results:
-        assert len(err.strip().splitlines()) == 1 and "rank 1's training configuration" in err and "differs from rank 0's" in err
+        assert len(err.strip().splitlines()) == 1
+        assert "rank 1's training configuration" in err and "differs from rank 0's" in err
     assert not (tmp_path / "odd").exists()
     # a global batch the world size does not divide: refused before any process group exists
     monkeypatch.setenv("WORLD_SIZE", "3")
@@ -247,7 +248,8 @@ def test_bad_shard_settings_are_one_line(one_process_run: Path, data_dir: Path, 
 def test_the_attention_model_trains_under_ddp(data_dir: Path, tmp_path: Path) -> None:
     """Every Eq. 14 term (classification, context, REINFORCE, baseline) and the Q loss in one DDP forward, with
     unused parameters found and the frozen target network outside the reduction."""
-    argv = ["train", str(REPO / "zoo" / "mnist-uatt.toml"), "--preset", "smoke", "--out", str(tmp_path / "uatt"), "--device", "cpu"]
+    argv = ["train", str(REPO / "zoo" / "mnist-uatt.toml"), "--preset", "smoke", "--out", str(tmp_path / "uatt"),
+            "--device", "cpu"]
     results = _wait(_launch([argv, argv], tmp_path, data_dir))
     assert [r[0] for r in results] == [0, 0], results[0][2] + results[1][2]
     record = json.loads((tmp_path / "uatt" / "metrics.jsonl").read_text().splitlines()[-1])
