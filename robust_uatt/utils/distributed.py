@@ -123,11 +123,28 @@ def collective(what: str) -> Iterator[None]:
     except (UserError, KeyboardInterrupt):
         raise
     except (RuntimeError, ConnectionError, OSError, ValueError) as e:
+        if not _peer_failure(e):
+            raise  # a bug or a model error inside the collective's call: its own traceback, not "another rank"
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else launch().rank
         raise DistributedFailure(
             f"rank {rank}: {what} failed: another rank stopped or did not answer within {timeout_s():.0f} s "
             f"({e.__class__.__name__}: {first})") from None
+
+
+_PEER_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "peer", "broken pipe", "store",
+               "process group", "distbackenderror")
+
+
+def _peer_failure(e: BaseException) -> bool:
+    """An error from the backend or the network (a closed socket, a timeout), not from the code being run."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(e, dist_error):
+        return True
+    if isinstance(e, ConnectionError):
+        return True
+    text = f"{e.__class__.__name__}: {e}".lower()
+    return any(word in text for word in _PEER_WORDS)
 
 
 def all_gather_object(obj: T, what: str) -> list[T]:
