@@ -46,19 +46,21 @@ weight_decay = 5e-4
 schedule = "constant"
 limit_train = 400
 limit_test = 100
+checkpoint_every = 4
 """
 
-# rank 1 dies by SIGKILL as epoch 2 starts (its epoch-1 checkpoint written by rank 0): a deterministic kill point
+# rank 1 dies by SIGKILL at step 6 of epoch 2 (global step 15), after the mid-epoch checkpoint of step 4: the
+# resumed run starts inside the epoch, from running sums that rank 0's checkpoint holds for both ranks
 KILL_HOOK = """
 import os, signal
 if os.environ.get("ROBUST_UATT_TEST_KILL_RANK") == os.environ.get("RANK"):
     import robust_uatt.training.loop as loop
-    one_epoch = loop.train_one_epoch
-    def die_in_epoch_2(run, state, stop):
-        if state.epoch == 1:
+    step = loop.train_step
+    def die_at_step_15(run, state, train_set, idx, global_step):
+        if global_step == 15:
             os.kill(os.getpid(), signal.SIGKILL)
-        return one_epoch(run, state, stop)
-    loop.train_one_epoch = die_in_epoch_2
+        return step(run, state, train_set, idx, global_step)
+    loop.train_step = die_at_step_15
 """
 
 
@@ -137,6 +139,10 @@ def test_ddp_training_matches_one_process_survives_a_killed_rank_and_resumes(
     assert "another rank stopped" in last and "--resume" in last, err0
     assert (run / "checkpoint.safetensors").is_file() and not (run / "model.safetensors").exists()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    from robust_uatt.utils.files import load_tensors
+
+    tensors, meta = load_tensors(run / "checkpoint.safetensors")
+    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 4) and {"rng.cpu.rank0", "rng.cpu.rank1"} <= set(tensors)
     # a run resumes only with the world size it started with
     assert cli.main(["train", "--resume", str(run), "--data-dir", str(data_dir)]) == 2
     assert "was trained with world size 2" in capsys.readouterr().err
