@@ -211,6 +211,9 @@ def _add_benchmark(sub: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in ("train", "attack") and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+            raise UserError(f"`{args.command}` runs in one process; under torchrun only train and attack scale out "
+                            f"(see README: Scaling out)")
         return COMMANDS[args.command](args)
     except UserError as e:
         sys.stderr.write(f"robust-uatt: error: {_one_line(str(e))}\n")
@@ -323,6 +326,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     if args.shard and args.merge:
         raise UserError("--shard evaluates one shard, --merge joins finished ones: give one of them")
+    if (args.shard or args.merge) and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise UserError("--shard and --merge are for runs without torchrun (under torchrun every rank takes its "
+                        "shard and rank 0 merges)")
     if args.shard and not args.out:
         raise UserError("--shard needs --out (the shard's folder, which --merge later reads)")
     if args.shard:

@@ -241,7 +241,8 @@ def test_bad_shard_settings_are_one_line(one_process_run: Path, data_dir: Path, 
                            (["--shard", "x", "--out", str(tmp_path / "a")], "expects i/k"),
                            (["--shard", "0/2"], "--shard needs --out"),
                            (["--merge", str(tmp_path / "none"), "--out", str(tmp_path / "b")], "no shard state"),
-                           (["--block", "16", "--out", str(tmp_path / "c")], None)):
+                           (["--block", "16", "--out", str(tmp_path / "c")], None),
+                           (["--shard", "0/2", "--out", str(tmp_path / "d")], "--shard and --merge are for runs")):
         if message is None:  # 3 blocks cannot feed 4 ranks: refused before any process group exists
             monkeypatch.setenv("WORLD_SIZE", "4")
             monkeypatch.setenv("RANK", "0")
@@ -249,6 +250,8 @@ def test_bad_shard_settings_are_one_line(one_process_run: Path, data_dir: Path, 
         assert cli.main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert cli.main(["zoo"]) == 2  # still WORLD_SIZE=4: commands that do not scale out say so
+    assert "only train and attack scale out" in capsys.readouterr().err
 
 
 def test_the_attention_model_trains_under_ddp(data_dir: Path, tmp_path: Path) -> None:
