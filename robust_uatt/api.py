@@ -32,6 +32,7 @@ from torch import nn
 from robust_uatt.attacks import ATTACKS, Attack, build_attack
 from robust_uatt.benchmark.compare import Report, default_leaderboard, load_results, parse_result, read_leaderboard
 from robust_uatt.benchmark.compare import compare as compare_results
+from robust_uatt.benchmark.seeds import SeedGroup, group_by_seed
 from robust_uatt.benchmark.zoo import ZooBenchmark, result_dir, zoo_models
 from robust_uatt.data.datasets import DATASETS, Split, load_split
 from robust_uatt.evaluation.checks import as_dicts, check_budget, check_model, check_run, gate
@@ -126,7 +127,8 @@ def load_model(name_or_path: str | None = None, *, factory: str | None = None, c
     if name_or_path:
         model, recipe, weights = load_trained(name_or_path, runs_dir)
         info = {"name": recipe.name, "spec": name_or_path, "weights": str(weights), "kind": "robust-uatt",
-                "origin": weights_origin(weights), "preset": recipe.preset, "recipe": recipe.to_dict()}
+                "origin": weights_origin(weights), "preset": recipe.preset, "recipe": recipe.to_dict(),
+                "train_seed": _train_seed(weights)}
         return _remember(model, ModelOrigin(info, recipe.dataset, recipe.data))
     dataset = dataset or "cifar10"
     if dataset not in DATASETS:
@@ -139,6 +141,14 @@ def load_model(name_or_path: str | None = None, *, factory: str | None = None, c
     model = load_robustbench_model(str(robustbench), model_dir, dataset=dataset, threat_model="Linf").eval()
     return _remember(model, ModelOrigin({"name": robustbench, "weights": str(model_dir), "kind": "robustbench"},
                                         dataset))
+
+
+def _train_seed(weights: Path) -> int | None:
+    """The training seed written into robust-uatt weights (runs and shipped files), None if absent."""
+    from robust_uatt.utils.files import read_metadata
+
+    seed = read_metadata(weights).get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -869,6 +879,9 @@ def _override(recipe: Any, overrides: dict[str, Any]) -> None:
         if key == "epochs" and (not isinstance(value, int) or value <= 0):
             raise UserError(f"--epochs must be a positive integer, got {value}")
         table[key] = value
+    from robust_uatt.models.zoo import check_train_table
+
+    recipe.train = check_train_table(recipe.train, "overrides")
 
 
 def _resumable(run_dir: Path, name: str | None, data_dir: str | None) -> tuple[Path, Any, int, str | None]:
@@ -912,6 +925,43 @@ def compare(results: Sequence[str | Path | EvaluationResult], leaderboard: str |
     return compare_results(ours, rows, top=top, source=str(source))
 
 
+def seeds(results: Sequence[str | Path | EvaluationResult], *, runs_dir: str | Path = "runs") -> list[SeedGroup]:
+    """Mean and spread over training seeds, one group per (model, preset, suite, eps).
+
+    ``results``: EvaluationResult objects, results.json files, folders holding them (or runs holding them), or zoo
+    names (their attack results under RUNS/attacks/<name>/). A group may not repeat a training seed or mix test
+    points (UserError)."""
+    from robust_uatt.benchmark.compare import _results_files
+
+    loaded: list[EvaluationResult] = []
+    seen: set[Path] = set()
+    for item in results:
+        if isinstance(item, EvaluationResult):
+            loaded.append(item)
+            continue
+        for path in _results_files(str(item), runs_dir):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                loaded.append(EvaluationResult.load(path))
+    if not loaded:
+        raise UserError("no results to aggregate")
+    for r in loaded:
+        if any(p.startswith("results.json has no") for p in r.problems):
+            raise UserError(f"{r.path}: not a complete results.json ({'; '.join(r.problems[:2])})")
+    return group_by_seed(loaded)
+
+
+def paper_table(table: int, *, runs_dir: str | Path = "runs", preset: str | None = None) -> dict[str, Any]:
+    """Paper Table ``table`` (1, 2 or 3) beside the finished runs of its recipes under ``runs_dir``: per row the
+    paper's error, ours as mean ± std over training seeds, each seed with n, interval and budget (JSON-ready)."""
+    from robust_uatt.benchmark.paper_tables import paper_rows, table_markdown
+
+    rows = paper_rows(table, runs_dir, preset)
+    return {"table": table, "preset": preset, "rows": [r.to_json() for r in rows],
+            "markdown": table_markdown(table, rows),
+            "error": "1 - test accuracy (whole sequences for Table 3); std: sample standard deviation over seeds"}
+
+
 def write_json_file(path: str | Path, obj: Any) -> Path:
     """Write a JSON report atomically (the CLI's --out of curve and compare)."""
     check_writable(Path(path).parent)
@@ -920,7 +970,8 @@ def write_json_file(path: str | Path, obj: Any) -> Path:
 
 
 __all__ = ["list_models", "list_attacks", "list_suites", "zoo", "load_model", "make_attack", "evaluate",
-           "evaluate_shard", "parse_shard", "security_curve", "train", "compare", "EvaluationResult", "write_json_file"]
+           "evaluate_shard", "parse_shard", "security_curve", "train", "compare", "seeds", "paper_table",
+           "EvaluationResult", "write_json_file"]
 
 
 # ------------------------------------------------------------------------------------------------ the rest

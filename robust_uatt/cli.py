@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_glimpses(sub)
     _add_compare(sub)
     _add_benchmark(sub)
+    _add_seeds(sub)
+    _add_paper_table(sub)
     return parser
 
 
@@ -191,6 +193,24 @@ def _add_compare(sub: Any) -> None:
     p.add_argument("--out", default=None, help="JSON file to write (default: RUNS/compare/<timestamp>.json)")
     p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
                    help="where zoo names are looked up and the JSON goes (default: runs, or $ROBUST_UATT_RUNS)")
+
+
+def _add_seeds(sub: Any) -> None:
+    p = sub.add_parser("seeds", help="mean and spread over training seeds of attack results (one row per model, "
+                                     "preset, suite and eps)")
+    p.add_argument("results", nargs="+", help="results.json files, folders holding them, or zoo names")
+    p.add_argument("--out", default=None, help="folder for seeds.json and seeds.md (default: print only)")
+    p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
+                   help="where zoo names are looked up (default: runs, or $ROBUST_UATT_RUNS)")
+
+
+def _add_paper_table(sub: Any) -> None:
+    p = sub.add_parser("paper-table", help="the paper's Table 1, 2 or 3 (error rates) beside our finished runs")
+    p.add_argument("table", type=int, choices=(1, 2, 3), help="1: MNIST, 2: cluttered MNIST, 3: multi-digit")
+    p.add_argument("--preset", default=None, help="only runs of this preset (default: every finished run)")
+    p.add_argument("--out", default=None, help="folder for table<N>.json and table<N>.md (default: print only)")
+    p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
+                   help="where the runs are (default: runs, or $ROBUST_UATT_RUNS)")
 
 
 def _add_benchmark(sub: Any) -> None:
@@ -441,6 +461,40 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0 if all(r.valid for r in bench.results) else EXIT_INVALID
 
 
-COMMANDS = {"benchmark": cmd_benchmark, "zoo": cmd_zoo, "attacks": cmd_attacks, "suites": cmd_suites,
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from robust_uatt import api
+    from robust_uatt.benchmark.seeds import seeds_markdown, spread_note
+
+    groups = api.seeds(args.results, runs_dir=args.runs_dir)
+    text = seeds_markdown(groups)
+    note = spread_note(groups)
+    if args.out:
+        from robust_uatt.utils.files import atomic_write_text
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        api.write_json_file(out / "seeds.json", {"rows": [g.to_json() for g in groups], "note": note,
+                                                 "spread": "sample standard deviation over training seeds"})
+        atomic_write_text(out / "seeds.md", text + (f"\n{note}\n" if note else ""))
+    print(text + (f"\n{note}" if note else ""))
+    return 0
+
+
+def cmd_paper_table(args: argparse.Namespace) -> int:
+    from robust_uatt import api
+
+    report = api.paper_table(args.table, runs_dir=args.runs_dir, preset=args.preset)
+    if args.out:
+        from robust_uatt.utils.files import atomic_write_text
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        api.write_json_file(out / f"table{args.table}.json", report)
+        atomic_write_text(out / f"table{args.table}.md", report["markdown"])
+    print(report["markdown"])
+    return 0
+
+
+COMMANDS = {"benchmark": cmd_benchmark, "seeds": cmd_seeds, "paper-table": cmd_paper_table, "zoo": cmd_zoo, "attacks": cmd_attacks, "suites": cmd_suites,
             "train": cmd_train, "attack": cmd_attack, "curve": cmd_curve, "selftest": cmd_selftest,
             "glimpses": cmd_glimpses, "compare": cmd_compare}

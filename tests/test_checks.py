@@ -130,3 +130,14 @@ def test_weak_budget_is_caught_by_the_full_checks(healthy) -> None:
     outcome = run_suite(model, [weak], data, batch_size=100, device=torch.device("cpu"))
     checks = check_budget(model, data, outcome, eps=0.4, steps=1, eot=1, device=torch.device("cpu"), seed=0)
     assert {c.name for c in checks if c.failed_gate()} == {"doubling steps changes < 1 point", "monotone in eps"}
+
+
+@pytest.mark.parametrize("black_only, n, passed", [(0, 200, True), (1, 200, True), (2, 1000, True),
+                                                    (5, 200, False), (10, 1000, False), (3, 64, False)])
+def test_black_box_limit_is_a_significance_test(black_only, n, passed) -> None:
+    """One stray point of 200 is noise; a share whose 95% interval lies above 0.2% is masking evidence."""
+    from robust_uatt.evaluation.checks import _black_box_check
+
+    check = _black_box_check(black_only, n)
+    assert check.passed is passed and check.gating
+    assert f"{black_only} of {n} points" in check.detail

@@ -72,3 +72,20 @@ def test_unknown_names_suggest_close_ones() -> None:
         load_recipe("cifar10-vg")
     with pytest.raises(UserError, match="did you mean smoke"):
         load_recipe("cifar10-vgg", "smok")
+
+
+def test_every_recipe_and_preset_loads_and_builds() -> None:
+    """Each zoo/<name>.toml (and each of its presets) validates and builds its model (on the meta device: no memory)."""
+    for name in recipe_names():
+        for preset in [None, *load_recipe(name).presets]:
+            recipe = load_recipe(name, preset)
+            with torch.device("meta"):
+                create_model(recipe)
+            if recipe.dataset in ("mnist", "cluttered-mnist"):  # Tables 1-2: selected on validation, never test
+                assert recipe.train["select"] == "best-val" and recipe.data["holdout"] > 0
+
+
+def test_tables_1_and_2_have_a_recipe_for_every_paper_row() -> None:
+    papers = {load_recipe(name).paper for name in recipe_names()}
+    assert sum(p.startswith("Table 1:") for p in papers) == 6
+    assert sum(p.startswith("Table 2:") for p in papers) == 12

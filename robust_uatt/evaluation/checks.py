@@ -10,7 +10,8 @@ output has any autograd path to the input); the run's own attacks at eps = 0 ret
 prediction; PGD without random start in the whole [0,1] box reaches ~0% accuracy; PGD-CE at the run's eps raises
 the loss on nearly every point. Checks on the run: every adversarial input stayed in the ball and the box; every
 gradient attack ran; no attack left a submodule in train mode; black-box attacks (square, noise, transfer) never
-break > 0.2 % of the points that every white-box attack missed; with ``level="full"`` also doubling the PGD steps
+break significantly more than 0.2 % of the points that every white-box attack missed (fails when the 95% interval
+of that share lies wholly above 0.2 %); with ``level="full"`` also doubling the PGD steps
 (and EOT samples) and adding a restart breaks < 1 % of the robust points tested, and accuracy is monotone in eps.
 What each check catches and what it cannot: README, "The attack harness".
 """
@@ -35,7 +36,7 @@ from robust_uatt.models.outputs import hits
 
 SUBSET = 64  # points the model-level checks look at: enough to detect, cheap enough to always run
 EPS_ZERO_POINTS = 16  # the run's attacks re-run at eps 0 on this many points
-BLACK_BOX_MARGIN = 0.002  # 0.2 points
+BLACK_BOX_MARGIN = 0.002  # 0.2 points: fails when the black-box-only share is significantly above it
 STEPS_MARGIN = 0.01  # 1 point
 ZERO_GRADIENT_LIMIT = 0.02  # share of points with an all-zero input gradient (1 of 64 passes, 2 fail)
 EPS_ONE_LIMIT = 0.02  # accuracy left by PGD in the whole [0, 1] box: ~0
@@ -239,10 +240,7 @@ def check_run(outcome: SuiteOutcome, attacks_info: list[dict[str, Any]]) -> list
     has_black = any(not info["white_box"] for info in attacks_info)
     has_white = any(info["white_box"] for info in attacks_info)
     if has_black and has_white:
-        frac = len(black_only) / max(1, n)
-        checks.append(Check("black-box <= white-box", frac <= BLACK_BOX_MARGIN, True,
-                            f"black-box attacks broke {len(black_only)} points ({100 * frac:.2f}%) that no white-box "
-                            f"attack broke (limit {100 * BLACK_BOX_MARGIN:.1f}%)"))
+        checks.append(_black_box_check(len(black_only), n))
     else:
         checks.append(Check("black-box <= white-box", None, False, "the suite lacks black-box or white-box attacks"))
     return checks
@@ -279,3 +277,20 @@ def gate(checks: list[Check]) -> tuple[bool, list[str]]:
 
 def as_dicts(checks: list[Check]) -> list[dict[str, Any]]:
     return [asdict(c) for c in checks]
+
+
+def _black_box_check(black_only: int, n: int) -> Check:
+    """Black-box attacks may not break significantly more than 0.2% of the points that every white-box attack missed.
+
+    The share is a binomial estimate on n points, so the check fails when the lower end of its 95% Clopper-Pearson
+    interval exceeds the margin, not when the point estimate does: one stray point of 200 (0.5%, interval
+    [0.01, 2.8]) is not evidence of masking, five of 200 (2.5%, [0.8, 5.7]) or ten of 1,000 ([0.5, 1.8]) are.
+    """
+    from robust_uatt.evaluation.intervals import clopper_pearson
+
+    frac = black_only / max(1, n)
+    lo, hi = clopper_pearson(black_only, n) if n > 0 else (0.0, 1.0)
+    return Check("black-box <= white-box", lo <= BLACK_BOX_MARGIN, True,
+                 f"black-box attacks broke {black_only} of {n} points ({100 * frac:.2f}%, 95% CI "
+                 f"[{100 * lo:.2f}, {100 * hi:.2f}]) that no white-box attack broke (fails when the interval lies "
+                 f"above {100 * BLACK_BOX_MARGIN:.1f}%)")

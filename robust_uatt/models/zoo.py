@@ -123,6 +123,20 @@ def _check_labels(arch: str, dataset: str, where: str) -> None:
                         f"{' or '.join(SEQUENCE_DATASETS)})")
 
 
+def check_train_table(table: Any, where: str) -> dict[str, Any]:
+    """A [train] table validated (keys, types, ranges, the rules between keys), every key filled in."""
+    train = asdict(from_table(TrainConfig, table, where, "train"))
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if train[key] <= 0:
+            raise UserError(f"{where}: [train] {key} must be > 0, got {train[key]}")
+    if train["lr"] <= 0:
+        raise UserError(f"{where}: [train] lr must be > 0, got {train['lr']}")
+    if train["patience"] and train["select"] != "best-val":
+        raise UserError(f"{where}: [train] patience needs select = \"best-val\" (early stopping keeps the best "
+                        "validation epoch)")
+    return train
+
+
 def _validate(raw: dict[str, Any], name: str, where: str) -> Recipe:
     for key in raw:
         if key not in TOP_KEYS:
@@ -130,13 +144,8 @@ def _validate(raw: dict[str, Any], name: str, where: str) -> Recipe:
     dataset = raw.get("dataset")
     if not isinstance(dataset, str) or dataset not in DATASETS:
         raise unknown_name(f"dataset in {where}:", str(dataset), DATASETS)
-    train = asdict(from_table(TrainConfig, raw.get("train", {}), where, "train"))
+    train = check_train_table(raw.get("train", {}), where)
     data = asdict(from_table(DataConfig, raw.get("data", {}), where, "data"))
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if train[key] <= 0:
-            raise UserError(f"{where}: [train] {key} must be > 0, got {train[key]}")
-    if train["lr"] <= 0:
-        raise UserError(f"{where}: [train] lr must be > 0, got {train['lr']}")
     model = _check_model(raw.get("model"), where)
     _check_labels(model["arch"], dataset, where)
     if data["min_digits"] > data["max_digits"]:

@@ -31,6 +31,10 @@ class TrainConfig:
     limit_val: int = setting(0, int, low=0)  # 0 = the whole validation split
     limit_test: int = setting(0, int, low=0)  # 0 = the whole test split for the model card
     checkpoint_every: int = setting(0, int, low=0)  # also checkpoint every N steps inside an epoch (0 = epoch ends)
+    # model selection on the hold-out split (never the test split): "last" epoch, or "best-val" (the epoch with the
+    # best validation accuracy; with patience P > 0, stop after P epochs without a new best)
+    select: str = setting("last", str, choices=("last", "best-val"))
+    patience: int = setting(0, int, low=0)
 
 
 ADV_KINDS = ("fgsm-rs", "pgd", "trades")

@@ -62,8 +62,9 @@ from robust_uatt.training.checkpoint import (
     truncate_lines,
 )
 from robust_uatt.training.config import AdvSettings
-from robust_uatt.utils import distributed
 from robust_uatt.training.objective import count_correct, model_loss
+from robust_uatt.training.selection import BestValidation
+from robust_uatt.utils import distributed
 from robust_uatt.utils.errors import UserError
 from robust_uatt.utils.files import RunLock, append_jsonl, atomic_write_text, remove_stale_temps, write_json
 from robust_uatt.utils.runtime import configure, seed_all, versions
@@ -414,13 +415,23 @@ def _train_locked(run: Run, data_dir: str | None, resume: bool) -> dict[str, Any
         wrap_ddp(run, state)
     guard = (adversarial.OverfitGuard(run.run_dir, run.adv, val_set, run.device, run.cfg["eval_batch_size"],
                                       read_metrics(run.run_dir / METRICS)) if run.adv and main else None)
+    # rank 0 alone keeps the best-validation weights (best.safetensors) and decides when patience runs out
+    selector = (BestValidation(run.run_dir, run.cfg["patience"], read_metrics(run.run_dir / METRICS))
+                if run.cfg["select"] == "best-val" and main else None)
     started = time.perf_counter()
+    patience = not (selector and selector.out_of_patience())
+    if run.where.distributed:
+        patience = distributed.broadcast_object(patience, "sharing the selection state")
     with StopSignals() as stop, _resume_hint_on_interrupt(run):
-        while state.epoch < run.cfg["epochs"]:
+        while state.epoch < run.cfg["epochs"] and patience:
             record = train_one_epoch(run, state, stop)
             collapsed = guard is not None and guard.update(record, state.model)
-            if run.where.distributed:  # rank 0's guard decides for every rank
-                record, collapsed = distributed.broadcast_object((record, collapsed), "sharing the epoch record")
+            if selector is not None:
+                selector.update(record, state.model)
+            patience = not (selector and selector.out_of_patience())
+            if run.where.distributed:  # rank 0's guard and selector decide for every rank
+                record, collapsed, patience = distributed.broadcast_object((record, collapsed, patience),
+                                                                           "sharing the epoch record")
             if main:
                 append_jsonl(run.run_dir / METRICS, record)
             if collapsed:
@@ -438,8 +449,13 @@ def _train_locked(run: Run, data_dir: str | None, resume: bool) -> dict[str, Any
     if not main:
         return {"rank": run.where.rank, "world_size": run.where.world_size}
     extra: dict[str, Any] = {"distributed": run.distributed_info()}
-    if guard:
+    if guard is not None:
         extra["adversarial"] = guard.card()
+    if selector is not None and not (guard is not None and guard.stopped):  # a collapse restored its own best
+        message = selector.restore(state.model)
+        if message:
+            run.console.print(message, markup=False, highlight=False, soft_wrap=True)
+        extra["selection"] = selector.card()
     return write_model_card(run.recipe, run.run_dir, model, seed=run.seed, device=run.device, splits=run.splits,
                             started=started, console=run.console, extra=extra)
 

@@ -151,6 +151,16 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return tensors, meta
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded metadata of a safetensors file, from its header only; {} when it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+        return {k: json.loads(v) for k, v in raw_meta.items()}
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError, RecursionError):
+        return {}
+
+
 @contextlib.contextmanager
 def weights_only_torch_load() -> Iterator[None]:
     """Within the block, every ``torch.load`` (a library's too: robustbench calls ``torch.load(path,
