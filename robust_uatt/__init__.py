@@ -2,7 +2,7 @@
 
 The public API (see ``robust_uatt.api`` and the README's "Python API")::
 
-    load_model, list_models, list_attacks, list_suites, make_attack, evaluate, EvaluationResult,
+    load_model, list_models, list_attacks, list_suites, make_attack, evaluate, evaluate_shard, EvaluationResult,
     train, security_curve, compare, benchmark, seeds
 
 Names are imported on first use, so ``import robust_uatt`` (and the command line's ``--help``) stays fast.
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from robust_uatt._version import __version__
 
-_API = ("load_model", "list_models", "list_attacks", "list_suites", "make_attack", "evaluate", "train",
-        "security_curve", "compare", "benchmark", "seeds", "EvaluationResult")
+_API = ("load_model", "list_models", "list_attacks", "list_suites", "make_attack", "evaluate", "evaluate_shard",
+        "train", "security_curve", "compare", "benchmark", "seeds", "EvaluationResult")
 
 if TYPE_CHECKING:  # pragma: no cover
     from robust_uatt.api import (
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
         benchmark,
         compare,
         evaluate,
+        evaluate_shard,
         list_attacks,
         list_models,
         list_suites,
@@ -46,4 +47,4 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["__version__", "load_model", "list_models", "list_attacks", "list_suites", "make_attack", "evaluate",
-           "train", "security_curve", "compare", "benchmark", "seeds", "EvaluationResult"]
+           "evaluate_shard", "train", "security_curve", "compare", "benchmark", "seeds", "EvaluationResult"]

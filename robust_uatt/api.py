@@ -37,7 +37,16 @@ from robust_uatt.benchmark.zoo import ZooBenchmark, result_dir, zoo_models
 from robust_uatt.data.datasets import DATASETS, Split, load_split
 from robust_uatt.evaluation.checks import as_dicts, check_budget, check_model, check_run, gate
 from robust_uatt.evaluation.curve import monotone_curve
-from robust_uatt.evaluation.harness import SuiteOutcome, run_suite, summarize
+from robust_uatt.evaluation.harness import (
+    DEFAULT_BLOCK,
+    SuiteOutcome,
+    merge_states,
+    run_suite,
+    shard_blocks,
+    suite_key,
+    summarize,
+    write_state,
+)
 from robust_uatt.evaluation.results import RESULTS_FILE, EvaluationResult
 from robust_uatt.evaluation.suites import Suite, SuiteEntry, load_suite, suite_names, with_probes
 from robust_uatt.models.outputs import decide, is_sequence
@@ -45,6 +54,7 @@ from robust_uatt.models.shipped import shipped_dir, weights_origin
 from robust_uatt.models.zoo import count_params, create_model, load_recipe, load_trained, recipe_names
 from robust_uatt.training.loop import CHECKPOINT, CONFIG, WEIGHTS
 from robust_uatt.training.loop import train as train_recipe
+from robust_uatt.utils import distributed
 from robust_uatt.utils.eps import parse_eps
 from robust_uatt.utils.errors import UserError, unknown_name
 from robust_uatt.utils.files import (
@@ -329,7 +339,8 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
              device: str | torch.device = "auto", seed: int = 0, state_dir: str | Path | None = None,
              save: bool = False, out: str | Path | None = None, runs_dir: str | Path = "runs",
              data_dir: str | None = None, download: bool = True, console: Console | None = None,
-             command: str | None = None) -> EvaluationResult:
+             command: str | None = None, block: int = DEFAULT_BLOCK,
+             merge: Sequence[str | Path] | None = None) -> EvaluationResult:
     """Attack ``model`` with a suite (or a list of attacks) at radius ``eps``; worst case per example.
 
     Data: images ``x`` (N, C, H, W) in [0, 1] (float) or [0, 255] (uint8) and labels ``y`` (N,); without them, the
@@ -340,11 +351,102 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
     given to the attacks that take it (e.g. ``{"grad_path": "full"}``). ``source``: add a transfer attack from that
     model. ``state_dir``: resumable state (state.json; a rerun recomputes only unfinished batches). ``save``/``out``:
     write results.json + results.md to ``out`` (default RUNS/attacks/<model>/<time>-<suite>), refusing to overwrite.
+
+    Scaling out: ``block`` points form one evaluation block (the cascade runs per block, so results do not depend on
+    how many processes share the work); ``evaluate_shard`` runs one shard, ``merge=[shard dirs]`` joins finished
+    shards (same arguments otherwise) and runs the checks. Under torchrun (WORLD_SIZE > 1) every rank evaluates its
+    shard and rank 0 gathers, checks and writes the result; ranks other than 0 return None.
     """
+    prep = _prepare(model, x, y, eps=eps, suite=suite, attacks=attacks, steps=steps, alpha=alpha, eot=eot,
+                    options=options, source=source, policy=policy, judge_draws=judge_draws, checks=checks,
+                    cascade=cascade, n=n, batch_size=batch_size, device=device, seed=seed, runs_dir=runs_dir,
+                    data_dir=data_dir, download=download, block=block)
+    if merge is not None and not merge:
+        raise UserError("--merge needs the shard directories to join")
+    if distributed.launch().distributed and merge is None:
+        return _evaluate_distributed(prep, save=save, out=out, runs_dir=runs_dir, console=console, command=command)
+    if save or out is not None:
+        out = _default_out(prep, out, runs_dir)
+        with _locked_output(out, RESULTS_FILE):  # a restart after a kill resumes from state.json
+            result = _run(*prep.run_args(), out, console, command, block=prep.block, merge=merge)
+            result.save(out)
+        return result
+    if merge is not None and state_dir is None:
+        raise UserError("a merge writes the joined state: give --out (or state_dir)")
+    return _run(*prep.run_args(), state_dir, console, command, block=prep.block, merge=merge)
+
+
+def evaluate_shard(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | None = None, *,
+                   shard: str | tuple[int, int], out: str | Path, console: Console | None = None,
+                   **kwargs: Any) -> Path:
+    """Evaluate shard ``"i/k"`` of the evaluation ``evaluate(model, x, y, **kwargs)`` would run, into ``out``
+    (its resumable state.json; rerun to resume); returns that file. Shards need no shared filesystem: copy the
+    finished shard directories to one place and pass them to ``evaluate(..., merge=[...])`` with the same
+    arguments. The shards' per-example outcomes are exactly those of the one-process run."""
+    index, count = parse_shard(shard)
+    unknown = set(kwargs) - _SHARD_KWARGS
+    if unknown:
+        raise UserError(f"evaluate_shard takes no {sorted(unknown)[0]}")
+    prep = _prepare(model, x, y, **kwargs)
+    out = Path(out)
+    check_writable(out)
+    with _locked_output(out, RESULTS_FILE):
+        _run_shard(prep, (index, count), out / "state.json", console)
+    return out / "state.json"
+
+
+_SHARD_KWARGS = {"eps", "suite", "attacks", "steps", "alpha", "eot", "options", "source", "policy", "judge_draws",
+                 "checks", "cascade", "n", "batch_size", "device", "seed", "runs_dir", "data_dir", "download",
+                 "block"}
+
+
+def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
+    """``"i/k"`` (shard i of k, 0 <= i < k) -> (i, k); anything else is a UserError."""
+    if isinstance(spec, tuple):
+        i, k = spec
+    else:
+        left, sep, right = str(spec).partition("/")
+        try:
+            i, k = int(left), int(right)
+        except ValueError:
+            i, k, sep = 0, 0, ""
+        if not sep:
+            raise UserError(f"--shard expects i/k (shard i of k, counted from 0), got '{spec}'")
+    if not (isinstance(i, int) and isinstance(k, int) and 0 <= i < k):
+        raise UserError(f"--shard i/k needs 0 <= i < k, got {i}/{k}")
+    return i, k
+
+
+@dataclass
+class _Prepared:
+    """An evaluation checked and built, before anything is written."""
+
+    model: nn.Module
+    data: Split
+    plan: _Plan
+    attacks: list[Attack]
+    origin: ModelOrigin
+    num_classes: int
+    device: torch.device
+    block: int
+
+    def run_args(self) -> tuple:
+        return self.model, self.data, self.plan, self.attacks, self.origin, self.num_classes, self.device
+
+
+def _prepare(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None, *, eps: float | str = 8 / 255,
+             suite: str | None = None, attacks: Sequence[str] | None = None, steps: int | None = None,
+             alpha: float | str | None = None, eot: int | None = None, options: dict[str, Any] | None = None,
+             source: str | None = None, policy: str = "mean", judge_draws: int | None = None, checks: str = "fast",
+             cascade: bool = True, n: int | None = None, batch_size: int = 250, device: str | torch.device = "auto",
+             seed: int = 0, runs_dir: str | Path = "runs", data_dir: str | None = None, download: bool = True,
+             block: int = DEFAULT_BLOCK) -> _Prepared:
     plan = _plan(eps, suite=suite, attacks=attacks, steps=steps, alpha=alpha, eot=eot, options=options,
                  source=source, policy=policy, checks=checks, cascade=cascade, batch_size=batch_size, seed=seed, n=n,
                  judge_draws=judge_draws)
-    device = resolve_device(str(device))
+    if not isinstance(block, int) or block <= 0:
+        raise UserError(f"--block must be a positive integer, got {block}")
+    device = distributed.device_for(resolve_device(str(device)), distributed.launch())
     origin = _origin(model)
     stochastic = policy == "sample"
     if hasattr(model, "policy"):
@@ -357,18 +459,73 @@ def evaluate(model: nn.Module, x: torch.Tensor | None = None, y: torch.Tensor | 
     built = _build_attacks(plan, num_classes, eot or (8 if stochastic else 1), device, runs_dir, data,
                            origin.dataset)
     _check_sequence_support(built, data)
-    if save or out is not None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        out = Path(out) if out is not None else Path(runs_dir) / "attacks" / safe_component(origin.info["name"]) / \
-            safe_component(f"{stamp}-{plan.suite.name}")
-        if (out / RESULTS_FILE).exists():
-            raise UserError(f"{out}/{RESULTS_FILE} exists; choose another --out")
-        check_writable(out)
-        with _locked_output(out, RESULTS_FILE):  # a restart after a kill resumes from state.json
-            result = _run(model, data, plan, built, origin, num_classes, device, out, console, command)
-            result.save(out)
-        return result
-    return _run(model, data, plan, built, origin, num_classes, device, state_dir, console, command)
+    return _Prepared(model, data, plan, built, origin, num_classes, device, block)
+
+
+def _default_out(prep: _Prepared, out: str | Path | None, runs_dir: str | Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(out) if out is not None else Path(runs_dir) / "attacks" / safe_component(prep.origin.info["name"]) / \
+        safe_component(f"{stamp}-{prep.plan.suite.name}")
+    if (out / RESULTS_FILE).exists():
+        raise UserError(f"{out}/{RESULTS_FILE} exists; choose another --out")
+    check_writable(out)
+    return out
+
+
+def _evaluate_distributed(prep: _Prepared, *, save: bool, out: str | Path | None, runs_dir: str | Path,
+                          console: Console | None, command: str | None) -> EvaluationResult | None:
+    """Under torchrun: rank r evaluates shard r of WORLD_SIZE into OUT/shard-r-of-W/state.json (resumable), rank 0
+    gathers the shards' states, joins them and writes OUT/results.json as a one-process run would."""
+    if not save and out is None:
+        raise UserError("under torchrun an evaluation needs an output directory (--out, or save=True)")
+    where = distributed.launch()
+    shard_blocks(len(prep.data), prep.block, (where.rank, where.world_size))  # every rank refuses alike, no group
+    where = distributed.init(prep.device)
+    chosen = distributed.unanimous(lambda: str(_default_out(prep, out, runs_dir)) if where.is_main else None,
+                                   "checking the output folder")
+    out = Path(distributed.broadcast_object(chosen, "choosing the output folder"))
+    mine = out / f"shard-{where.rank}-of-{where.world_size}"
+
+    distributed.unanimous(lambda: check_writable(mine), "checking the shard folders")
+    key = suite_key(_suite_config(prep.origin, prep.plan, prep.data), prep.attacks, len(prep.data),
+                    cascade=prep.plan.cascade, batch_size=prep.plan.batch_size,
+                    draws=judge_draws_for(prep.plan.policy, prep.plan.judge_draws), block=prep.block)
+    distributed.same_everywhere(key, "evaluation (model, data, attacks, seed, n, block)")
+    quiet = console if where.is_main else Console(stderr=True, quiet=True)
+    try:
+        distributed.unanimous(lambda: _locked_shard(prep, (where.rank, where.world_size), mine, quiet),
+                              "evaluating the shards")
+    except distributed.DistributedFailure as e:
+        raise distributed.DistributedFailure(f"{e}; rerun the same command: every rank resumes its shard from "
+                                             f"{out}/shard-<rank>-of-{where.world_size}/state.json") from None
+    try:
+        states = distributed.all_gather_object(read_json(mine / "state.json"), "gathering the shards' outcomes")
+    except distributed.DistributedFailure as e:
+        raise distributed.DistributedFailure(f"{e}; rerun the same command: every rank resumes its shard from "
+                                             f"{out}/shard-<rank>-of-{where.world_size}/state.json") from None
+    if not where.is_main:
+        return None
+    with _locked_output(out, RESULTS_FILE):
+        result = _run(*prep.run_args(), out, console, command, block=prep.block,
+                      merge_states_=[(f"rank {r}", s) for r, s in enumerate(states)])
+        result.save(out)
+    return result
+
+
+def _locked_shard(prep: _Prepared, shard: tuple[int, int], folder: Path, console: Console | None) -> None:
+    with _locked_output(folder, RESULTS_FILE):
+        _run_shard(prep, shard, folder / "state.json", console)
+
+
+def _run_shard(prep: _Prepared, shard: tuple[int, int], state_path: Path, console: Console | None) -> None:
+    configure(prep.device)
+    seed_all(prep.plan.seed)
+    model = prep.model.to(prep.device).eval()
+    run_suite(model, prep.attacks, prep.data, batch_size=prep.plan.batch_size, device=prep.device,
+              cascade=prep.plan.cascade, uncascaded=frozenset({prep.plan.suite.paper_attack} - {None}),
+              state_path=state_path, config=_suite_config(prep.origin, prep.plan, prep.data),
+              console=console or Console(stderr=True), draws=judge_draws_for(prep.plan.policy, prep.plan.judge_draws),
+              block=prep.block, shard=shard)
 
 
 def _check_sequence_support(attacks: list[Attack], data: Split) -> None:
@@ -408,9 +565,15 @@ def _num_classes(model: nn.Module, data: Split) -> int:
         model.train(was_training)
 
 
+def _suite_config(origin: ModelOrigin, plan: _Plan, data: Split) -> dict[str, Any]:
+    return {"model": {k: v for k, v in origin.info.items() if k != "recipe"}, "eps": plan.eps, "seed": plan.seed,
+            "policy": plan.policy, "n": len(data), "dataset": origin.dataset}
+
+
 def _run(model: nn.Module, data: Split, plan: _Plan, attacks: list[Attack], origin: ModelOrigin, num_classes: int,
          device: torch.device, state_dir: str | Path | None, console: Console | None,
-         command: str | None) -> EvaluationResult:
+         command: str | None, *, block: int = DEFAULT_BLOCK, merge: Sequence[str | Path] | None = None,
+         merge_states_: list[tuple[str, dict[str, Any]]] | None = None) -> EvaluationResult:
     configure(device)
     seed_all(plan.seed)
     model = model.to(device).eval()
@@ -418,18 +581,41 @@ def _run(model: nn.Module, data: Split, plan: _Plan, attacks: list[Attack], orig
     stochastic = plan.policy == "sample"
     eot = plan.eot or (8 if stochastic else 1)
     draws = judge_draws_for(plan.policy, plan.judge_draws)
-    config = {"model": {k: v for k, v in origin.info.items() if k != "recipe"}, "eps": plan.eps, "seed": plan.seed,
-              "policy": plan.policy, "n": len(data), "dataset": origin.dataset}
+    config = _suite_config(origin, plan, data)
     state_path = Path(state_dir) / "state.json" if state_dir is not None else None
+    if merge is not None:
+        merge_states_ = [(str(p), _shard_state(Path(p))) for p in merge]
+    if merge_states_ is not None:
+        assert state_path is not None
+        count = len(merge_states_)
+        keys = {i: suite_key(config, attacks, len(data), cascade=plan.cascade, batch_size=plan.batch_size,
+                             draws=draws, block=block, shard=(i, count)) for i in range(count)}
+        clean, records = merge_states(merge_states_, keys, count, attacks)
+        write_state(state_path, suite_key(config, attacks, len(data), cascade=plan.cascade,
+                                          batch_size=plan.batch_size, draws=draws, block=block), clean, records)
+        seed_all(plan.seed)
     outcome = run_suite(model, attacks, data, batch_size=plan.batch_size, device=device, cascade=plan.cascade,
                         uncascaded=frozenset({plan.suite.paper_attack} - {None}), state_path=state_path,
-                        config=config, console=console, draws=draws)
+                        config=config, console=console, draws=draws, block=block)
     seed_all(plan.seed)  # the checks draw the same numbers whether or not the attacks were resumed
     checks = _checks(model, data, outcome, attacks, plan, num_classes, device, eot) if plan.checks != "none" else []
     valid, reasons = gate(checks)
     result = _result(outcome, attacks, plan, origin, data, eot, valid, reasons, checks, device, command)
     result.judge_draws = draws
+    result.data["block"] = block  # points per evaluation block: outcomes depend on it, never on the shards
+    if merge_states_ is not None:
+        result.extra["shards"] = {"count": len(merge_states_), "from": [where for where, _ in merge_states_]}
     return result
+
+
+def _shard_state(path: Path) -> dict[str, Any]:
+    state_file = path / "state.json" if path.is_dir() else path
+    if not state_file.is_file():
+        raise UserError(f"{path}: no shard state (state.json) to merge")
+    state = read_json(state_file)
+    if not isinstance(state, dict):
+        raise UserError(f"{state_file}: not the state of a shard")
+    return state
 
 
 JUDGE_DRAWS_SAMPLE = 9  # default majority for policy "sample": odd, so a vote never ties
@@ -570,7 +756,7 @@ def train(name: str | None = None, preset: str | None = None, out: str | Path | 
           resume: str | Path | None = None, seed: int | None = None, device: str = "auto",
           data_dir: str | None = None,
           download: bool = True, runs_dir: str | Path = "runs", deterministic: bool | None = None,
-          console: Console | None = None, **overrides: Any) -> Path:
+          console: Console | None = None, sync_bn: bool = False, **overrides: Any) -> Path:
     """Train a zoo model (``name``, optionally a ``preset`` such as "smoke" or "cpu") into ``out`` (default
     RUNS/<name>/<time>), or continue the interrupted run ``resume``; returns the run directory.
 
@@ -579,31 +765,69 @@ def train(name: str | None = None, preset: str | None = None, out: str | Path | 
     ``adv_steps``, ``adv_beta``, ``adv_guard_drop`` ... (the keys of the recipe's [adv] table, ``AdvConfig``).
 
     ``seed`` defaults to 0; ``resume`` continues the run with its own recipe, seed and directory, so ``preset``,
-    ``out``, ``seed`` or overrides beside it are refused rather than silently ignored."""
-    device_ = resolve_device(device)
+    ``out``, ``seed`` or overrides beside it are refused rather than silently ignored.
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this with the same arguments: DDP with the recipe's batch as
+    the global batch (split evenly across ranks), rank 0 writing the run; ``sync_bn`` converts BatchNorm to
+    SyncBatchNorm (CUDA). A run resumes with the world size it started with."""
+    where = distributed.launch()
+    device_ = distributed.device_for(resolve_device(device), where)
     if resume:
         given = [f"--{k}" for k, v in {"preset": preset, "out": out, "seed": seed, **overrides}.items()
-                 if v is not None]
+                 if v is not None] + (["--sync-bn"] if sync_bn else [])
         if given:
             raise UserError(f"--resume continues a run with its own recipe, seed and directory; {', '.join(given)} "
                             f"cannot change them (start a new run to train differently)")
-        run_dir, recipe, seed, data_dir = _resumable(Path(resume), name, data_dir)
+        if where.distributed:
+            distributed.init(device_)
+            found = distributed.unanimous(lambda: _resumable_launch(Path(resume), name, data_dir, where)
+                                          if where.is_main else None, "reading the run to resume")
+            run_dir_text, recipe_dict, seed, data_dir, sync_bn = distributed.broadcast_object(
+                found, "sharing the run to resume")
+            from robust_uatt.models.zoo import Recipe
+
+            run_dir, recipe = Path(run_dir_text), Recipe.from_dict(recipe_dict, where="rank 0")
+        else:
+            run_dir, recipe, seed, data_dir = _resumable(Path(resume), name, data_dir)
+            _check_launch(run_dir, where)
     else:
         seed = 0 if seed is None else seed
         if not name:
             raise UserError("name a zoo model to train (see `robust-uatt zoo`), or --resume RUN_DIR")
         recipe = load_recipe(name, preset)
         _override(recipe, overrides)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(out) if out else Path(runs_dir) / safe_component(recipe.name) / stamp
-        if run_dir.is_dir():
-            RunLock(run_dir).check_free()
-        if (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists():
-            raise UserError(f"{run_dir} already holds a run: use --resume {run_dir}, or another --out")
-        check_writable(run_dir)
+        if where.distributed:  # the same on every rank: refused before any process group exists
+            batch = recipe.train["batch_size"]
+            if batch % where.world_size:
+                raise UserError(f"the global batch {batch} does not split evenly across {where.world_size} ranks: "
+                                f"use a world size that divides it (or a recipe or preset whose "
+                                f"batch_size is a multiple of {where.world_size})")
+            if sync_bn and device_.type != "cuda":
+                raise UserError("--sync-bn needs CUDA (torch's SyncBatchNorm runs on GPUs only); on the CPU each "
+                                "rank normalises over its own share of the batch")
+
+        def claim() -> str:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(out) if out else Path(runs_dir) / safe_component(recipe.name) / stamp
+            if run_dir.is_dir():
+                RunLock(run_dir).check_free()
+            if (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists():
+                raise UserError(f"{run_dir} already holds a run: use --resume {run_dir}, or another --out")
+            check_writable(run_dir)
+            return str(run_dir)
+
+        if where.distributed:  # rank 0 names and checks the run directory (others may not see its disk)
+            distributed.init(device_)
+            chosen = distributed.unanimous(lambda: claim() if where.is_main else None, "checking the run directory")
+            run_dir = Path(distributed.broadcast_object(chosen, "sharing the run directory"))
+            distributed.same_everywhere({"recipe": recipe.to_dict(), "seed": seed, "sync_bn": sync_bn},
+                                        "training configuration (recipe, preset, seed, overrides)")
+        else:
+            run_dir = Path(claim())
     try:
         train_recipe(recipe, run_dir, seed=seed, device=device_, data_dir=data_dir, resume=bool(resume),
-                     download=download, console=console or Console(stderr=True), deterministic=deterministic)
+                     download=download, console=console or Console(stderr=True), deterministic=deterministic,
+                     sync_bn=sync_bn)
     except OSError as e:
         from robust_uatt.utils.errors import environment_error
 
@@ -614,6 +838,26 @@ def train(name: str | None = None, preset: str | None = None, out: str | Path | 
             message += f"; the last checkpoint is intact: robust-uatt train --resume {shlex.quote(str(run_dir))}"
         raise UserError(message) from e
     return run_dir
+
+
+def _check_launch(run_dir: Path, where: distributed.Launch) -> dict[str, Any]:
+    """A run resumes with the world size it started with (its data order and batches depend on it)."""
+    config = read_json(run_dir / CONFIG)
+    launch = config.get("distributed") if isinstance(config, dict) else None
+    launch = launch if isinstance(launch, dict) else {}
+    started = launch.get("world_size", 1)
+    if started != where.world_size:
+        how = "one process (no torchrun)" if started == 1 else f"torchrun with {started} processes in all"
+        raise UserError(f"{run_dir} was trained with world size {started}; resume it the same way: {how} "
+                        f"(this launch has {where.world_size})")
+    return launch
+
+
+def _resumable_launch(run_dir: Path, name: str | None, data_dir: str | None,
+                      where: distributed.Launch) -> tuple[str, dict[str, Any], int, str | None, bool]:
+    run_dir, recipe, seed, data_dir = _resumable(run_dir, name, data_dir)
+    launch = _check_launch(run_dir, where)
+    return str(run_dir), recipe.to_dict(), seed, data_dir, bool(launch.get("sync_batchnorm", False))
 
 
 def _override(recipe: Any, overrides: dict[str, Any]) -> None:
@@ -726,8 +970,8 @@ def write_json_file(path: str | Path, obj: Any) -> Path:
 
 
 __all__ = ["list_models", "list_attacks", "list_suites", "zoo", "load_model", "make_attack", "evaluate",
-           "security_curve", "train", "compare", "seeds", "paper_table", "EvaluationResult",
-           "write_json_file"]
+           "evaluate_shard", "parse_shard", "security_curve", "train", "compare", "seeds", "paper_table",
+           "EvaluationResult", "write_json_file"]
 
 
 # ------------------------------------------------------------------------------------------------ the rest

@@ -23,6 +23,7 @@ from robust_uatt.utils.errors import UserError, environment_error, printable
 
 EXIT_USER_ERROR = 2
 EXIT_INVALID = 4  # a gating sanity check failed: the robust accuracy must not be reported
+EXIT_RANK_FAILED = 5  # under torchrun: another rank stopped or timed out (rerun the same command to resume)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +95,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms on CUDA too (slower; always on for the CPU)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm -> SyncBatchNorm, statistics over the global batch (CUDA only)")
     a = p.add_argument_group("adversarial training (Linf; overrides the recipe's [adv] table)")
     a.add_argument("--adv", default=None, metavar="KIND", help="fgsm-rs (Wong et al. 2020), pgd (Madry et al.) or "
                    "trades (Zhang et al. 2019)")
@@ -130,9 +133,18 @@ def _add_attack(sub: Any) -> None:
                    help="attack option, e.g. grad_path=full, tau=0.1, restarts=3 (repeatable)")
     p.add_argument("--checks", default="fast", help="sanity checks: none, fast (default) or full")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every clean-correct point")
-    p.add_argument("--n", type=int, default=1000, help="attack the first n test images")
+    p.add_argument("--n", "--images", type=int, default=1000, dest="n",
+                   help="attack the first n test images (--images: the same, for torchrun, whose own parser takes "
+                        "--n for an abbreviation of its options)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--out", default=None, help="output directory (default: RUNS/attacks/<model>/<timestamp>-<suite>)")
+    s = p.add_argument_group("scaling out (see README: Scaling out; under torchrun every rank takes its shard)")
+    s.add_argument("--block", type=int, default=1000,
+                   help="points per evaluation block, the unit shards split (default 1000; part of the result)")
+    s.add_argument("--shard", default=None, metavar="I/K",
+                   help="evaluate only shard I of K into --out (resumable); join them with --merge")
+    s.add_argument("--merge", action="append", default=None, metavar="SHARD_DIR",
+                   help="join finished shard folders (repeatable; same arguments otherwise), check, write --out")
     _add_common(p)
 
 
@@ -220,6 +232,9 @@ def _add_benchmark(sub: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in ("train", "attack") and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+            raise UserError(f"`{args.command}` runs in one process; under torchrun only train and attack scale out "
+                            f"(see README: Scaling out)")
         return COMMANDS[args.command](args)
     except UserError as e:
         sys.stderr.write(f"robust-uatt: error: {_one_line(str(e))}\n")
@@ -232,6 +247,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt as e:  # 128 + the signal number, as a shell reports it (130 for Ctrl-C)
         return 128 + int(getattr(e, "signum", 2))
+    except Exception as e:
+        from robust_uatt.utils.distributed import DistributedFailure
+
+        if not isinstance(e, DistributedFailure):
+            raise
+        sys.stderr.write(f"robust-uatt: error: {_one_line(str(e))}\n")
+        return EXIT_RANK_FAILED
+    finally:
+        if "torch.distributed" in sys.modules:
+            from robust_uatt.utils.distributed import shutdown
+
+            shutdown()
 
 
 def _one_line(text: str) -> str:
@@ -306,11 +333,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                             runs_dir=args.runs_dir, deterministic=True if args.deterministic else None,
                             console=Console(stderr=True), adv=args.adv, adv_eps=args.adv_eps,
                             adv_alpha=args.adv_alpha, adv_steps=args.adv_steps, adv_beta=args.adv_beta,
-                            adv_guard_drop=args.adv_guard_drop)
+                            adv_guard_drop=args.adv_guard_drop, sync_bn=args.sync_bn)
     except TrainingDiverged as e:
         sys.stderr.write(f"robust-uatt: training diverged: {_one_line(str(e))}\n")
         return 3
-    print(run_dir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        print(run_dir)
     return 0
 
 
@@ -320,16 +348,33 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robust_uatt import api
     from robust_uatt.viz.tables import attack_table
 
+    if args.shard and args.merge:
+        raise UserError("--shard evaluates one shard, --merge joins finished ones: give one of them")
+    if (args.shard or args.merge) and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise UserError("--shard and --merge are for runs without torchrun (under torchrun every rank takes its "
+                        "shard and rank 0 merges)")
+    if args.shard and not args.out:
+        raise UserError("--shard needs --out (the shard's folder, which --merge later reads)")
+    if args.shard:
+        api.parse_shard(args.shard)  # a bad spec is one line before the model loads
     model = api.load_model(args.model, factory=args.model_factory, checkpoint=args.checkpoint,
                            robustbench=args.robustbench, dataset=args.dataset, runs_dir=args.runs_dir,
                            model_dir=args.model_dir)
-    result = api.evaluate(model, eps=args.eps, suite=args.suite, attacks=[args.attack], steps=args.steps,
-                          alpha=args.alpha, eot=args.eot, options=parse_options(args.option or []),
-                          source=args.source, policy=args.policy, judge_draws=args.judge_draws, checks=args.checks,
-                          cascade=not args.no_cascade,
-                          n=args.n, batch_size=args.batch_size, device=args.device, seed=args.seed, save=True,
-                          out=args.out, runs_dir=args.runs_dir, data_dir=args.data_dir,
-                          download=not args.no_download, console=Console(stderr=True), command=_command())
+    common = dict(eps=args.eps, suite=args.suite, attacks=[args.attack], steps=args.steps,
+                  alpha=args.alpha, eot=args.eot, options=parse_options(args.option or []),
+                  source=args.source, policy=args.policy, judge_draws=args.judge_draws, checks=args.checks,
+                  cascade=not args.no_cascade, n=args.n, batch_size=args.batch_size, device=args.device,
+                  seed=args.seed, runs_dir=args.runs_dir, data_dir=args.data_dir, download=not args.no_download,
+                  block=args.block)
+    if args.shard:
+        state = api.evaluate_shard(model, shard=args.shard, out=args.out, console=Console(stderr=True), **common)
+        print(f"shard {args.shard} finished: {state}; join all shards with the same command, --merge DIR for "
+              f"each shard folder instead of --shard, and a new --out")
+        return 0
+    result = api.evaluate(model, **common, save=True, out=args.out, console=Console(stderr=True),
+                          command=_command(), merge=args.merge)
+    if result is None:  # torchrun, rank > 0: rank 0 gathered this rank's shard and writes the result
+        return 0
     Console().print(attack_table(result.to_json()))
     print(result.path)
     return EXIT_INVALID if result.status == "INVALID" else 0  # UNCHECKED (--checks none): a number, exit 0

@@ -43,8 +43,10 @@ class TrainState:
     data_rng: torch.Tensor | None = None  # the data generator's state inside an interrupted epoch
 
 
-def save_checkpoint(path: Path, state: TrainState, *, seed: int, recipe: dict[str, Any], steps_per_epoch: int) -> None:
-    """Write ``state`` to ``path``; never replaces the last good checkpoint with non-finite weights."""
+def save_checkpoint(path: Path, state: TrainState, *, seed: int, recipe: dict[str, Any], steps_per_epoch: int,
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``state`` to ``path``; never replaces the last good checkpoint with non-finite weights. ``extra``:
+    further tensors (every DDP rank's RNG states, ``rng.cpu.rank<r>``)."""
     if not _all_finite(state.model):
         epoch, step = state.epoch, state.step_in_epoch
         raise TrainingDiverged(
@@ -52,13 +54,15 @@ def save_checkpoint(path: Path, state: TrainState, *, seed: int, recipe: dict[st
             f"{epoch + (1 if step else 0)}); the last good checkpoint is "
             f"{path if path.exists() else 'none (nothing was checkpointed yet)'}")
     tensors, meta = _pack(state.model, state.opt, state.gen)
+    tensors.update(extra or {})
     meta.update(epoch=state.epoch, step_in_epoch=state.step_in_epoch, metrics_lines=state.metrics_lines, seed=seed,
                 recipe=recipe, partial=state.partial)
     save_tensors(path, tensors, meta)
 
 
-def load_checkpoint(path: Path, state: TrainState) -> None:
-    """Restore ``state`` from ``path``; one that does not fit this run (or was tampered with) is a UserError."""
+def load_checkpoint(path: Path, state: TrainState) -> dict[str, torch.Tensor]:
+    """Restore ``state`` from ``path`` and return the file's tensors; one that does not fit this run (or was
+    tampered with) is a UserError."""
     tensors, meta = load_tensors(path)
     where = str(path)
     load_state_into(state.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, where)
@@ -75,6 +79,7 @@ def load_checkpoint(path: Path, state: TrainState) -> None:
     state.data_rng = state.gen.get_state()
     state.partial = meta.get("partial", {})
     state.epoch, state.step_in_epoch, state.metrics_lines = meta["epoch"], meta["step_in_epoch"], meta["metrics_lines"]
+    return tensors
 
 
 def truncate_lines(path: Path, keep: int) -> None:
