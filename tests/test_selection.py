@@ -79,7 +79,7 @@ def test_api_overrides_are_validated_like_a_recipe(tmp_path: Path) -> None:
     from robust_uatt import api
 
     with pytest.raises(UserError, match="patience needs select"):
-        api.train("mnist-ram", preset="smoke", out=tmp_path / "r", patience=2)
+        api.train("mnist-ram", preset="smoke", out=tmp_path / "r", select="last", patience=2)
     with pytest.raises(UserError, match="patience"):
         api.train("mnist-ram", preset="smoke", out=tmp_path / "r", select="best-val", patience=-1)
     assert not (tmp_path / "r").exists()
