@@ -13,6 +13,7 @@ import importlib
 import inspect
 import pkgutil
 import sys
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -78,6 +79,10 @@ def import_robustbench() -> ModuleType:
     """robustbench, with the ``autoattack`` name bridged first."""
     import_autoattack()
     try:
-        return importlib.import_module("robustbench")
+        with warnings.catch_warnings():  # its imports warn (pkg_resources, torch.jit.interface): not ours to print,
+            warnings.simplefilter("ignore", FutureWarning)  # and they would break the one-line error promise
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return importlib.import_module("robustbench")
     except ModuleNotFoundError:
         raise UserError(f"robustbench is not installed ({_INSTALL_HINT})") from None
