@@ -39,7 +39,8 @@ def run_cli(data_dir: Path, tmp_path: Path):
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "ROBUST_UATT_DATA": str(data_dir), "PYTHONPATH": str(REPO),
-                    "COLUMNS": "200", **(env or {})}
+                    "COLUMNS": "200",  # zoo names resolve to local runs only, whatever zoo/weights ships:
+                    "ROBUST_UATT_SHIPPED": str(tmp_path / "no-shipped-weights"), **(env or {})}
         return subprocess.run([sys.executable, "-m", "robust_uatt", *args], cwd=tmp_path, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
 

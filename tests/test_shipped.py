@@ -112,3 +112,34 @@ def test_benchmark_command_evaluates_the_zoo_beside_robustbench(smoke_run: Path,
 def test_benchmark_without_any_weights_is_one_line(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     proc = run_cli("benchmark", "--model", "cifar10-vgg-attn", "--runs-dir", str(tmp_path / "none"), "--no-download")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "train it first" in proc.stderr
+
+
+def _real_cifar10() -> Path | None:
+    import os
+
+    folder = os.environ.get("ROBUST_UATT_DATA")
+    return Path(folder) if folder and (Path(folder) / "cifar10" / "cifar10_test.npz").is_file() else None
+
+
+@pytest.mark.parametrize("name", shipped.shipped_names() or ["(none shipped)"])
+def test_the_shipped_weights_are_what_their_cards_say(name: str) -> None:
+    """Every file in zoo/weights loads from its own header, carries a complete card, and classifies the 1,000
+    lossless CIFAR-10 test images exactly as its card counts (README command (1) benchmarks these files)."""
+    if name == "(none shipped)":
+        pytest.skip("zoo/weights holds no shipped model")
+    weights = shipped.shipped_dir() / f"{name}.safetensors"
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["kind"] == shipped.KIND and card["weights_dtype"] == "float16" and card["zoo_name"] in name
+    assert isinstance(card["seed"], int) and card["versions"]["git_commit"] and card["command"]
+    model, recipe, found = load_trained(str(weights))
+    assert recipe.name == card["zoo_name"] and shipped.weights_origin(found) == "shipped"
+    data = _real_cifar10()
+    if data is None or recipe.dataset != "cifar10":
+        pytest.skip("needs the real CIFAR-10 test split ($ROBUST_UATT_DATA)")
+    from robust_uatt.data.datasets import load_split
+
+    test = load_split("cifar10", "test", str(data), False)
+    exact = test.subset(test.lossless)
+    entry = card["accuracy"]["test_lossless"]
+    assert len(exact) == entry["n"] == 1000
+    assert export._count_correct(model, exact.x, exact.y) == entry["correct"]
