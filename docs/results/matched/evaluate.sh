@@ -3,7 +3,8 @@
 # the `study` suite (paper protocol beside full-gradient PGD-CE/CW/BPDA-50) at 1/255, 2/255 and 8/255, then the
 # three readings of the paper's "eps 0.3" (issue 11 item 4): 0.3/255 ([0,255] units), 0.073 (0.3 x the smallest
 # channel std, i.e. 0.3 in normalized-input units) and 0.3 ([0,1] pixel units).
-# usage: docs/results/matched/evaluate.sh RUN_DIR OUT_DIR   (attack seed 0, fast checks, batch 250)
+# usage: docs/results/matched/evaluate.sh MODEL OUT_DIR   (MODEL: shipped .safetensors, run directory or zoo name;
+#        attack seed 0, fast checks)
 set -euo pipefail
 run=$1 out=$2
 for eps in 8/255 1/255 2/255 0.3/255 0.073 0.3; do
