@@ -132,16 +132,15 @@ def _per_seed(metric: dict[str, Any] | None) -> str:
 
 def seeds_markdown(groups: Sequence[SeedGroup]) -> str:
     """Mean ± sample std over seeds (percent), then each seed with its 95% interval on n points."""
+    rows = [g.to_json() for g in groups]  # each group's metrics and intervals, computed once
     lines = ["| model | preset | suite | eps | n | seeds | clean | paper protocol | worst case | status |",
              "|---|---|---|---|---:|---:|---|---|---|---|"]
-    for g in groups:
-        row = g.to_json()
+    for g, row in zip(groups, rows):
         lines.append(f"| {escape_text(g.model)} | {escape_text(g.preset or '-')} | {escape_text(g.suite)} | "
                      f"{escape_text(g.eps_text)} | {row['n']} | {len(g.results)} | {_fmt(row['clean'])} | "
                      f"{_fmt(row['paper_protocol'])} | {_fmt(row['worst_case'])} | {g.status} |")
     lines += ["", "Per seed (accuracy % [95% Clopper-Pearson interval on n points]):", ""]
-    for g in groups:
-        row = g.to_json()
+    for g, row in zip(groups, rows):
         lines.append(f"- {escape_text(g.model)}, {escape_text(g.suite)}, eps {escape_text(g.eps_text)}: clean "
                      f"{_per_seed(row['clean'])}; paper {_per_seed(row['paper_protocol'])}; worst case "
                      f"{_per_seed(row['worst_case'])}")
