@@ -289,6 +289,7 @@ def _train_distributed(run: Run, data_dir: str | None, resume: bool, determinist
             remove_stale_temps(run.run_dir)
         raise
     finally:
+        run.ddp = None  # release the DDP wrapper (it holds the process group) before the group is destroyed
         if lock is not None:
             lock.release()
             _remove_if_empty(run.run_dir, created)

@@ -10,6 +10,7 @@ the others fail after the timeout. Either way they stop with ``DistributedFailur
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -111,8 +112,14 @@ def active() -> bool:
 
 
 def shutdown() -> None:
+    """Leave the process group while the interpreter is fully alive. Objects that hold the group (a
+    DistributedDataParallel wrapper's reducer, caught in a reference cycle) are collected first: left to interpreter
+    finalization, their gloo worker threads can be torn down mid-exit and abort the process (SIGABRT, "terminate
+    called without an active exception") after the run has finished."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 @contextmanager
