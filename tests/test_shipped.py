@@ -114,11 +114,11 @@ def test_benchmark_without_any_weights_is_one_line(run_cli, tmp_path: Path, monk
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "train it first" in proc.stderr
 
 
-def _real_cifar10() -> Path | None:
+def _real_data(dataset: str) -> Path | None:
     import os
 
     folder = os.environ.get("ROBUST_UATT_DATA")
-    return Path(folder) if folder and (Path(folder) / "cifar10" / "cifar10_test.npz").is_file() else None
+    return Path(folder) if folder and (Path(folder) / dataset / f"{dataset}_test.npz").is_file() else None
 
 
 @pytest.mark.parametrize("name", shipped.shipped_names() or ["(none shipped)"])
@@ -133,10 +133,20 @@ def test_the_shipped_weights_are_what_their_cards_say(name: str) -> None:
     assert isinstance(card["seed"], int) and card["versions"]["git_commit"] and card["command"]
     model, recipe, found = load_trained(str(weights))
     assert recipe.name == card["zoo_name"] and shipped.weights_origin(found) == "shipped"
-    data = _real_cifar10()
+    from robust_uatt.data.datasets import load_split
+
+    if recipe.dataset == "mnist":  # small models: their card counts the whole test split
+        data = _real_data("mnist")
+        if data is None:
+            pytest.skip("needs the real MNIST test split ($ROBUST_UATT_DATA)")
+        test = load_split("mnist", "test", str(data), False)
+        entry = card["accuracy"]["test"]
+        assert len(test) == entry["n"] == 10000
+        assert export._count_correct(model, test.x, test.y) == entry["correct"]
+        return
+    data = _real_data("cifar10")
     if data is None or recipe.dataset != "cifar10":
         pytest.skip("needs the real CIFAR-10 test split ($ROBUST_UATT_DATA)")
-    from robust_uatt.data.datasets import load_split
 
     test = load_split("cifar10", "test", str(data), False)
     exact = test.subset(test.lossless)
