@@ -13,6 +13,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
@@ -231,6 +232,7 @@ def _add_benchmark(sub: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if args.command not in ("train", "attack") and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
             raise UserError(f"`{args.command}` runs in one process; under torchrun only train and attack scale out "
@@ -267,8 +269,20 @@ def _one_line(text: str) -> str:
     return printable(text)
 
 
-def _command() -> str:
-    return "robust-uatt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _command(args: argparse.Namespace) -> str:
+    """The command line as given (``main(argv)`` from Python: that argv, not the host program's)."""
+    return "robust-uatt " + " ".join(shlex.quote(a) for a in args.argv)
+
+
+def _provenance(args: argparse.Namespace, started: float | None = None) -> dict[str, Any]:
+    """What produced a report file: the command line, the time, the versions (and the seconds it took)."""
+    from robust_uatt.utils.runtime import versions
+
+    out: dict[str, Any] = {"command": _command(args), "versions": versions(),
+                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if started is not None:
+        out["seconds"] = round(time.monotonic() - started, 1)
+    return out
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -372,7 +386,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
               f"each shard folder instead of --shard, and a new --out")
         return 0
     result = api.evaluate(model, **common, save=True, out=args.out, console=Console(stderr=True),
-                          command=_command(), merge=args.merge)
+                          command=_command(args), merge=args.merge)
     if result is None:  # torchrun, rank > 0: rank 0 gathered this rank's shard and writes the result
         return 0
     Console().print(attack_table(result.to_json()))
@@ -392,7 +406,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
                                policy=args.policy, eot=args.eot, judge_draws=args.judge_draws, checks=args.checks,
                                batch_size=args.batch_size, device=args.device, seed=args.seed, save=True,
                                out=args.out, runs_dir=args.runs_dir, data_dir=args.data_dir,
-                               download=not args.no_download, console=Console(stderr=True), command=_command())
+                               download=not args.no_download, console=Console(stderr=True), command=_command(args))
     Console().print(curve_table(curve))
     print(curve["path"])
     return 0 if curve["valid"] else EXIT_INVALID
@@ -452,11 +466,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from robust_uatt.benchmark.zoo import benchmark_table
 
     out = Path(args.out) if args.out else Path(args.runs_dir) / "benchmark" / _timestamp()
+    started = time.monotonic()
     bench = api.benchmark(args.model, [e.strip() for e in args.eps.split(",") if e.strip()], n=args.n,
                           suite=args.suite, out=out, device=args.device, runs_dir=args.runs_dir,
                           data_dir=args.data_dir, download=not args.no_download, leaderboard=args.leaderboard,
                           console=Console(stderr=True))
-    api.write_json_file(out / "benchmark.json", {"rows": bench.rows(), "comparison": bench.comparison.to_json()})
+    api.write_json_file(out / "benchmark.json", {"rows": bench.rows(), "comparison": bench.comparison.to_json(),
+                                                 **_provenance(args, started)})
     console = Console()
     console.print(benchmark_table(bench))
     for table in report_tables(bench.comparison):
@@ -478,7 +494,8 @@ def cmd_seeds(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         api.write_json_file(out / "seeds.json", {"rows": [g.to_json() for g in groups], "note": note,
-                                                 "spread": "sample standard deviation over training seeds"})
+                                                 "spread": "sample standard deviation over training seeds",
+                                                 **_provenance(args)})
         atomic_write_text(out / "seeds.md", text + (f"\n{note}\n" if note else ""))
     print(text + (f"\n{note}" if note else ""))
     return 0
@@ -493,7 +510,7 @@ def cmd_paper_table(args: argparse.Namespace) -> int:
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        api.write_json_file(out / f"table{args.table}.json", report)
+        api.write_json_file(out / f"table{args.table}.json", {**report, **_provenance(args)})
         atomic_write_text(out / f"table{args.table}.md", report["markdown"])
     print(report["markdown"])
     return 0

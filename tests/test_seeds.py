@@ -62,7 +62,9 @@ def test_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixt
         (tmp_path / f"s{seed}").mkdir()
         write_json(tmp_path / f"s{seed}" / "results.json", _result("vgg|x", seed, clean, 0.2).to_json())
     assert main(["seeds", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "agg")]) == 0
-    rows = json.loads((tmp_path / "agg" / "seeds.json").read_text())["rows"]
+    report = json.loads((tmp_path / "agg" / "seeds.json").read_text())
+    assert report["command"] == f"robust-uatt seeds {tmp_path / 's0'} {tmp_path / 's1'} --out {tmp_path / 'agg'}"
+    rows = report["rows"]
     assert rows[0]["clean"]["mean"] == pytest.approx(0.85) and rows[0]["training_seeds"] == [0, 1]
     md = (tmp_path / "agg" / "seeds.md").read_text()
     assert "| vgg\\|x | matched | study | 8/255 | 1000 | 2 | 85.00 ± 7.07 |" in md
@@ -112,6 +114,8 @@ def test_paper_table_sets_each_paper_row_beside_our_seeds(tmp_path: Path, capsys
     assert api.paper_table(1, runs_dir=runs, preset="cpu")["rows"][0]["n_seeds"] in (0, 1)
     assert main(["paper-table", "1", "--runs-dir", str(runs), "--out", str(tmp_path / "t")]) == 0
     md = (tmp_path / "t" / "table1.md").read_text()
+    table = json.loads((tmp_path / "t" / "table1.json").read_text())
+    assert table["command"].startswith("robust-uatt paper-table 1 --runs-dir") and table["versions"]["torch"]
     assert "| RAM, 6 glimpses, 8x8, 1 scale (`mnist-ram`) | 1.12% | 1.15% ± 0.07 | 2 |" in md
     assert "not run" in md and "not run" in capsys.readouterr().out
 

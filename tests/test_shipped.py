@@ -95,6 +95,8 @@ def test_benchmark_command_evaluates_the_zoo_beside_robustbench(smoke_run: Path,
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "benchmark.json").read_text())
     rows = report["rows"]
+    assert report["command"].startswith("robust-uatt benchmark --n 16") and report["versions"]["torch"]
+    assert report["seconds"] > 0
     assert [(r["model"], r["eps"]) for r in rows] == [("cifar10-vgg", "8/255"), ("cifar10-vgg", "1/255")]
     for r in rows:
         assert r["weights"] == "local run" and r["n"] == 16
