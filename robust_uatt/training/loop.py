@@ -468,7 +468,10 @@ def _resume_hint_on_interrupt(run: Run) -> Iterator[None]:
         yield
     except KeyboardInterrupt as e:
         ckpt = run.run_dir / CHECKPOINT
-        resume_cmd = f"robust-uatt train {shlex.quote(run.recipe.name)} --resume {shlex.quote(str(run.run_dir))}"
+        ws = run.where.world_size
+        resume_cmd = (f"torchrun --nproc_per_node={ws} -m robust_uatt train --resume {shlex.quote(str(run.run_dir))} "
+                      f"(on one node; several nodes: the same world size, {ws}, in all)" if run.where.distributed else
+                      f"robust-uatt train {shlex.quote(run.recipe.name)} --resume {shlex.quote(str(run.run_dir))}")
         if ckpt.exists():
             run.console.print(f"interrupted: checkpoint saved in {ckpt}\nresume with: {resume_cmd}",
                               markup=False, highlight=False, soft_wrap=True)
