@@ -195,10 +195,10 @@ def test_ddp_training_matches_one_process_survives_a_killed_rank_and_resumes(
 
 
 def test_ranks_must_agree_and_the_world_size_must_divide_the_batch(recipe: Path, one_process_run: Path,
-                                                                    data_dir: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    attacked_model: Path, data_dir: Path,
+                                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture) -> None:
-    # ranks launched with different settings: one line and exit 2 on every rank
+    # ranks launched with different settings: one line and exit 2 on every rank, for training and for attacks
     base = ["train", str(recipe), "--out", str(tmp_path / "odd"), "--device", "cpu"]
     results = _wait(_launch([base, [*base, "--seed", "1"]], tmp_path, data_dir))
     assert [r[0] for r in results] == [2, 2]
@@ -206,6 +206,14 @@ def test_ranks_must_agree_and_the_world_size_must_divide_the_batch(recipe: Path,
         assert len(err.strip().splitlines()) == 1
         assert "rank 1's training configuration" in err and "differs from rank 0's" in err
     assert not (tmp_path / "odd").exists()
+    attack = ["attack", "--model", str(attacked_model), "--suite", "quick", "--eps", "0.3", "--images", "16",
+              "--block", "8", "--checks", "none", "--device", "cpu", "--out", str(tmp_path / "odd-attack")]
+    results = _wait(_launch([[*attack, "--seed", "0"], [*attack, "--seed", "1"]], tmp_path, data_dir))
+    assert [r[0] for r in results] == [2, 2]
+    for _, _, err in results:
+        assert len(err.strip().splitlines()) == 1
+        assert "rank 1's evaluation" in err and "differs from rank 0's" in err
+    assert not list((tmp_path / "odd-attack").rglob("*.json"))  # no state, no result
     # a global batch the world size does not divide: refused before any process group exists
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
