@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import sys
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -35,10 +36,11 @@ from robust_uatt.benchmark.compare import compare as compare_results
 from robust_uatt.benchmark.seeds import SeedGroup, group_by_seed
 from robust_uatt.benchmark.zoo import ZooBenchmark, result_dir, zoo_models
 from robust_uatt.data.datasets import DATASETS, Split, load_split
-from robust_uatt.evaluation.checks import as_dicts, check_budget, check_model, check_run, gate
+from robust_uatt.evaluation.checks import as_dicts, check_budget, check_model, check_run, gate, timed
 from robust_uatt.evaluation.curve import monotone_curve
 from robust_uatt.evaluation.harness import (
     DEFAULT_BLOCK,
+    PassCounter,
     SuiteOutcome,
     merge_states,
     run_suite,
@@ -594,18 +596,34 @@ def _run(model: nn.Module, data: Split, plan: _Plan, attacks: list[Attack], orig
         write_state(state_path, suite_key(config, attacks, len(data), cascade=plan.cascade,
                                           batch_size=plan.batch_size, draws=draws, block=block), clean, records)
         seed_all(plan.seed)
+    started = time.perf_counter()
     outcome = run_suite(model, attacks, data, batch_size=plan.batch_size, device=device, cascade=plan.cascade,
                         uncascaded=frozenset({plan.suite.paper_attack} - {None}), state_path=state_path,
                         config=config, console=console, draws=draws, block=block)
+    suite_done = time.perf_counter()
     seed_all(plan.seed)  # the checks draw the same numbers whether or not the attacks were resumed
-    checks = _checks(model, data, outcome, attacks, plan, num_classes, device, eot) if plan.checks != "none" else []
+    counter = PassCounter()
+    with counter.attached(model):
+        checks = _checks(model, data, outcome, attacks, plan, num_classes, device, eot) if plan.checks != "none" \
+            else []
     valid, reasons = gate(checks)
     result = _result(outcome, attacks, plan, origin, data, eot, valid, reasons, checks, device, command)
+    result.timing = _timing(result.seconds, suite_done - started, time.perf_counter() - suite_done, counter)
     result.judge_draws = draws
     result.data["block"] = block  # points per evaluation block: outcomes depend on it, never on the shards
     if merge_states_ is not None:
         result.extra["shards"] = {"count": len(merge_states_), "from": [where for where, _ in merge_states_]}
     return result
+
+
+def _timing(attack_seconds: float, suite_seconds: float, checks_seconds: float, checks: PassCounter) -> dict:
+    """Where this process's evaluation time went (a resumed run counts only what it computed itself): the clean
+    pass with its set-up (attack-graph check, gradient probes, state writes), the attacks, and the checks with their
+    passes. Model and data loading come before and are not included."""
+    return {"suite_seconds": suite_seconds, "attack_seconds": attack_seconds,
+            "clean_and_setup_seconds": max(0.0, suite_seconds - attack_seconds), "checks_seconds": checks_seconds,
+            "checks_forward_passes": checks.forwards, "checks_backward_passes": checks.backwards,
+            "total_seconds": suite_seconds + checks_seconds}
 
 
 def _shard_state(path: Path) -> dict[str, Any]:
@@ -634,8 +652,8 @@ def _checks(model: nn.Module, data: Split, outcome: SuiteOutcome, attacks: list[
     if plan.checks == "full":
         pgd_steps = max((a.budget.steps for a in attacks if a.white_box and a.steps_meaning == "iterations"),
                         default=20)
-        checks += check_budget(model, data, outcome, eps=plan.eps, steps=pgd_steps, eot=eot, device=device,
-                               seed=plan.seed)
+        checks += timed(check_budget, model, data, outcome, eps=plan.eps, steps=pgd_steps, eot=eot, device=device,
+                        seed=plan.seed)
     return checks
 
 

@@ -34,6 +34,13 @@ def test_a_whole_evaluation_through_the_public_api(healthy, tmp_path: Path) -> N
     assert [row["name"] for row in result.attacks] == ["pgd-ce", "noise"]
     assert result.forward_passes > 0 and result.backward_passes > 0  # counted by forward hooks on the model itself
     assert result.valid and result.checks and all(c["passed"] is not False for c in result.checks if c["gating"])
+    # where the time went: the parts add up, the checks' own passes are counted apart from the attacks'
+    timing = result.timing
+    assert timing["attack_seconds"] == pytest.approx(result.seconds) and result.seconds > 0
+    assert timing["total_seconds"] == pytest.approx(timing["suite_seconds"] + timing["checks_seconds"])
+    assert timing["suite_seconds"] == pytest.approx(timing["clean_and_setup_seconds"] + timing["attack_seconds"])
+    assert timing["checks_forward_passes"] > 0 and timing["checks_backward_passes"] > 0
+    assert 0 < sum(c["seconds"] for c in result.checks) <= timing["checks_seconds"]
     flags = result.per_example
     assert len(flags["clean_correct"]) == len(flags["robust_correct"]) == len(flags["broken_by"]) == 100
     assert sum(flags["robust_correct"]) == round(result.robust_accuracy * 100)
@@ -44,7 +51,8 @@ def test_a_whole_evaluation_through_the_public_api(healthy, tmp_path: Path) -> N
     path = result.save(tmp_path / "out")
     loaded = ru.EvaluationResult.load(path.parent)
     assert loaded.robust_accuracy == result.robust_accuracy and loaded.eps == pytest.approx(8 / 255)
-    assert (tmp_path / "out" / "results.md").read_text().startswith(f"# {loaded.name}: pgd-ce,noise")
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert report.startswith(f"# {loaded.name}: pgd-ce,noise") and "- time (this process): " in report
 
 
 def test_the_same_evaluation_gives_the_same_result(healthy) -> None:

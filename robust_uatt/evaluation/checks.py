@@ -18,7 +18,8 @@ What each check catches and what it cannot: README, "The attack harness".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ class Check:
     passed: bool | None  # None: not run (with the reason in detail)
     gating: bool
     detail: str
+    seconds: float = 0.0  # what the check cost (model-level checks; 0 for checks that only read the run)
 
     def failed_gate(self) -> bool:
         return self.gating and self.passed is False
@@ -71,13 +73,23 @@ def check_model(model: nn.Module, data: Split, clean: torch.Tensor, *, num_class
     ``attacks``: the run's attacks, re-run at eps = 0 with small budgets; ``eps``: the run's radius, for the
     loss-trajectory check (the attack loss must rise)."""
     x, y, idx = _subset(data, clean, device)
-    checks = [_eval_mode(model), *_determinism(model, x, stochastic), _logits(model, x),
-              _input_gradients(model, x, y)]
+    checks = [*timed(_eval_mode, model), *timed(_determinism, model, x, stochastic), *timed(_logits, model, x),
+              *timed(_input_gradients, model, x, y)]
     detached = checks[-1].detail.startswith(NO_PATH)
-    checks.append(_eps_zero(model, data, clean, attacks, seed, device))
-    checks.append(_eps_one(model, x, y, idx, num_classes, seed, detached))
-    checks.append(_loss_rises(model, x, y, idx, eps, seed, eot, stochastic, detached))
+    checks += timed(_eps_zero, model, data, clean, attacks, seed, device)
+    checks += timed(_eps_one, model, x, y, idx, num_classes, seed, detached)
+    checks += timed(_loss_rises, model, x, y, idx, eps, seed, eot, stochastic, detached)
     return checks
+
+
+def timed(check: Callable[..., Check | list[Check]], *args: Any, **kwargs: Any) -> list[Check]:
+    """Run one check function and record its wall time on what it returns (split evenly over a list)."""
+    t0 = time.perf_counter()
+    out = check(*args, **kwargs)
+    found = out if isinstance(out, list) else [out]
+    for c in found:
+        c.seconds = (time.perf_counter() - t0) / len(found)
+    return found
 
 
 def _eval_mode(model: nn.Module) -> Check:

@@ -6,10 +6,11 @@ model (norm, eps in pixel [0, 1] units, steps, alpha), clean and robust accuracy
 (robust = worst case per example over every attack of the suite) with their 95% Clopper-Pearson intervals
 (``*_ci``; evaluation/intervals.py), the passes per majority judgement (``judge_draws``), one row per attack
 (attacked, broken, robust accuracy after it, seconds, forward/backward passes), the graph the attacks ran on
-(``attack_graph``: BatchNorm folded or the original model, with the logit check), the sanity checks and the
-valid/INVALID verdict, per-example flags, provenance (data, seed, device, command, versions). ``from_json`` reads
-any results.json, older or partial ones included: a missing or mistyped field takes its default and is listed in
-``problems``; keys it does not know are kept in ``extra`` and written back unchanged.
+(``attack_graph``: BatchNorm folded or the original model, with the logit check), where this process's time went
+(``timing``: clean pass and set-up, attacks, checks with their passes; each check has its seconds), the sanity
+checks and the valid/INVALID verdict, per-example flags, provenance (data, seed, device, command, versions).
+``from_json`` reads any results.json, older or partial ones included: a missing or mistyped field takes its default
+and is listed in ``problems``; keys it does not know are kept in ``extra`` and written back unchanged.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class EvaluationResult:
     forward_passes: int = _typed(int, 0)
     backward_passes: int = _typed(int, 0)
     attack_graph: dict[str, Any] = _typed(dict, {})  # the graph attacks ran on: folded copy or original, and why
+    timing: dict[str, Any] = _typed(dict, {})  # where this process's time went: clean + setup, attacks, checks
     paper_protocol_accuracy: float | None = _typed(NUMBER)  # only with a paper-protocol attack in the suite
     paper_protocol_accuracy_ci: list[float] | None = _typed(list)
     overestimation: float | None = _typed(NUMBER)  # paper protocol - worst case

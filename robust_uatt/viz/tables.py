@@ -123,11 +123,18 @@ def attack_markdown(result: dict[str, Any]) -> str:
         lines += [f"- paper protocol accuracy: {_pct(result['paper_protocol_accuracy'])} "
                   f"{_ci(result, 'paper_protocol_accuracy', n)}; overestimation {_pct(result['overestimation'])}"]
     lines += [f"- [lo, hi]: 95% Clopper-Pearson intervals over the {n} points (binomial sampling error only)"]
+    timing = result.get("timing") or {}
+    if timing:
+        lines += [f"- time (this process): {timing['total_seconds']:.1f} s = clean pass and set-up "
+                  f"{timing['clean_and_setup_seconds']:.1f} s + attacks {timing['attack_seconds']:.1f} s + checks "
+                  f"{timing['checks_seconds']:.1f} s ({timing['checks_forward_passes']} forward / "
+                  f"{timing['checks_backward_passes']} backward passes); model and data loading not included"]
     if result.get("checks"):
-        lines += ["", "| check | result | detail |", "|---|---|---|"]
+        lines += ["", "| check | result | seconds | detail |", "|---|---|---:|---|"]
         for c in result["checks"]:
             status = {True: "pass", False: "FAIL" if c["gating"] else "warning", None: "not run"}[c["passed"]]
-            lines.append(f"| {c['name']} | {status}{' (gating)' if c['gating'] else ''} | {c['detail']} |")
+            lines.append(f"| {c['name']} | {status}{' (gating)' if c['gating'] else ''} | "
+                         f"{c.get('seconds', 0.0):.1f} | {c['detail']} |")
     lines += ["", f"- weights: `{result['model'].get('weights')}`", f"- command: `{result['command']}`",
               f"- versions: torch {result['versions']['torch']}, torchattacks {result['versions']['torchattacks']}, "
               f"robust-uatt {result['versions']['robust_uatt']} ({result['versions']['git_commit']})", ""]
