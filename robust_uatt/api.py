@@ -608,7 +608,8 @@ def _run(model: nn.Module, data: Split, plan: _Plan, attacks: list[Attack], orig
             else []
     valid, reasons = gate(checks)
     result = _result(outcome, attacks, plan, origin, data, eot, valid, reasons, checks, device, command)
-    result.timing = _timing(result.seconds, suite_done - started, time.perf_counter() - suite_done, counter)
+    result.timing = _timing(outcome.attack_seconds_here, suite_done - started, time.perf_counter() - suite_done,
+                            counter)
     result.judge_draws = draws
     result.data["block"] = block  # points per evaluation block: outcomes depend on it, never on the shards
     if merge_states_ is not None:
@@ -617,9 +618,10 @@ def _run(model: nn.Module, data: Split, plan: _Plan, attacks: list[Attack], orig
 
 
 def _timing(attack_seconds: float, suite_seconds: float, checks_seconds: float, checks: PassCounter) -> dict:
-    """Where this process's evaluation time went (a resumed run counts only what it computed itself): the clean
-    pass with its set-up (attack-graph check, gradient probes, state writes), the attacks, and the checks with their
-    passes. Model and data loading come before and are not included."""
+    """Where this process's evaluation time went: the clean pass with its set-up (attack-graph check, gradient
+    probes, state writes), the attacks, and the checks with their passes. A resumed run counts only what it computed
+    itself (the attack rows' seconds also hold the earlier processes' time). Model and data loading come before and
+    are not included."""
     return {"suite_seconds": suite_seconds, "attack_seconds": attack_seconds,
             "clean_and_setup_seconds": max(0.0, suite_seconds - attack_seconds), "checks_seconds": checks_seconds,
             "checks_forward_passes": checks.forwards, "checks_backward_passes": checks.backwards,

@@ -15,12 +15,13 @@ import pytest
 
 from tests.conftest import REPO
 
-VOLATILE = {"seconds", "command", "versions"}
+VOLATILE = {"seconds", "command", "versions", "timing"}
 
 
 def _stable(result: dict) -> dict:
     out = {k: v for k, v in result.items() if k not in VOLATILE}
     out["attacks"] = [{k: v for k, v in a.items() if k != "seconds"} for a in result["attacks"]]
+    out["checks"] = [{k: v for k, v in c.items() if k != "seconds"} for c in result["checks"]]
     return out
 
 

@@ -112,6 +112,7 @@ class SuiteOutcome:
     clean_correct: torch.Tensor  # bool (n,)
     records: list[AttackRecord]
     graph: dict[str, Any] = field(default_factory=dict)  # which graph the attacks ran on (AttackGraph.describe)
+    attack_seconds_here: float = 0.0  # attack time this process spent (a resumed run's records also hold earlier time)
 
     def robust_correct(self) -> torch.Tensor:
         robust = self.clean_correct.clone()
@@ -208,6 +209,7 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
     span = (blocks.start * block, min(n, blocks.stop * block))
     shard_info = {"index": shard[0], "count": shard[1], "block": block, "points": list(span)} if shard else None
     clean, records = _load_state(state_path, key, attacks)
+    spent = 0.0  # attack seconds this process
     # BatchNorm folded where exact, decided on the first batch of all n points (the same in every shard)
     graph = attack_graph(model, to_float(data.x[:batch_size].to(device)))
     counter = PassCounter()
@@ -272,7 +274,9 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
                         rec.violations.append(f"batch {g}: {violation}")
                     rec.broken.extend(broken)
                     rec.max_linf = max(rec.max_linf, linf)
-                    rec.seconds += time.perf_counter() - t0
+                    took = time.perf_counter() - t0
+                    rec.seconds += took
+                    spent += took
                     rec.forwards += counter.forwards - f0
                     rec.backwards += counter.backwards - b0
                     rec.batches_done.append(g)
@@ -280,7 +284,7 @@ def run_suite(model: nn.Module, attacks: list[Attack], data: Split, *, batch_siz
                     progress.update(task, advance=len(idx))
             rec.done = True
             save()
-    return SuiteOutcome(clean, records, graph.describe())
+    return SuiteOutcome(clean, records, graph.describe(), spent)
 
 
 def merge_states(states: list[tuple[str, dict[str, Any]]], keys: dict[int, str], count: int,
