@@ -224,3 +224,22 @@ def test_cli_end_to_end(board: Path, tmp_path: Path) -> None:
                      "--out", str(tmp_path / "x.json")], tmp_path)
     assert only_bad.returncode == 2 and not (tmp_path / "x.json").exists()
     assert len(only_bad.stderr.strip().splitlines()) == 1 and "eps=0.3" in only_bad.stderr
+
+
+def test_training_budget_is_shown_beside_our_rows(board: Path) -> None:
+    """Every row of ours carries the training budget its results.json records (adversarial or clean, seed); a result
+    without a robust-uatt recipe (RobustBench, factory) has none."""
+    recipe = {"model": {"arch": "vgg16", "width": 0.5},
+              "train": {"epochs": 15, "optimizer": "sgd", "schedule": "onecycle"},
+              "adv": {"kind": "fgsm-rs", "eps": "8/255"}}
+    defended = _result(model={"name": "cifar10-vgg-at", "recipe": recipe, "train_seed": 1})
+    clean = _result(model={"name": "cifar10-vgg", "recipe": {**recipe, "adv": {}}, "train_seed": 0})
+    bare = _result()
+    ours = _ours(defended, clean, bare)
+    assert ours[0].training == "width 0.5, 15 ep, sgd onecycle, fgsm-rs 8/255, seed 1"
+    assert ours[1].training == "width 0.5, 15 ep, sgd onecycle, clean, seed 0"
+    assert ours[2].training == ""
+    assert ours[0].row_info()[0] == "pgd; trained: width 0.5, 15 ep, sgd onecycle, fgsm-rs 8/255, seed 1"
+    assert ours[2].row_info()[0] == "pgd"
+    report = compare(ours, read_leaderboard(board))
+    assert report.to_json()["comparisons"][0]["ours"][0]["training"].startswith("width 0.5, 15 ep")

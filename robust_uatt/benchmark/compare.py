@@ -248,6 +248,7 @@ class OurResult:
     robust_ci: list[float] | None = None
     autoattack: str = "none"  # "reference", "torchattacks port" or "none" (see _autoattack_impl)
     checks_level: str | None = None  # "none", "fast", "full"; None: not recorded
+    training: str = ""  # the model's training budget from the recipe in results.json ("" when not recorded)
 
     @property
     def unchecked(self) -> bool:
@@ -275,7 +276,8 @@ class OurResult:
     def row_info(self) -> list[str]:
         """suite, AutoAttack implementation, n, checks level, lossless fraction: the table's per-row columns."""
         lossless = "?" if self.lossless_fraction is None else f"{100 * self.lossless_fraction:.0f}%"
-        return [self.label, self.autoattack, str(self.n or "?"), self.checks_level or "?", lossless]
+        label = f"{self.label}; trained: {self.training}" if self.training else self.label
+        return [label, self.autoattack, str(self.n or "?"), self.checks_level or "?", lossless]
 
     def threat_label(self) -> str:
         eps = "unbounded" if self.eps is None else _eps_label(self.eps, self.eps_text)
@@ -288,7 +290,7 @@ class OurResult:
                 "clean_acc_pct": _to_pct(self.clean_accuracy), "robust_acc_pct": _to_pct(self.robust_accuracy),
                 "clean_acc_ci_pct": _ci_pct(self.clean_ci), "robust_acc_ci_pct": _ci_pct(self.robust_ci),
                 "n": self.n, "valid": self.valid, "lossless_fraction": self.lossless_fraction, "suite": self.label,
-                "autoattack_impl": self.autoattack, "checks_level": self.checks_level}
+                "autoattack_impl": self.autoattack, "checks_level": self.checks_level, "training": self.training}
 
 
 def _to_pct(x: float | None) -> float | None:
@@ -357,7 +359,31 @@ def parse_result(res: Any, path: str) -> OurResult:
                      problem="not a results.json object" if empty else _problem(r, norm, eps, robust),
                      clean_ci=_stored_ci(_field(r, "clean_accuracy_ci")) or interval(r.clean_accuracy, r.n),
                      robust_ci=_stored_ci(_field(r, "robust_accuracy_ci")) or interval(robust, r.n),
-                     autoattack=_autoattack_impl(r), checks_level=_checks_level(r, recorded))
+                     autoattack=_autoattack_impl(r), checks_level=_checks_level(r, recorded),
+                     training=training_summary(_dict(r.model)))
+
+
+def training_summary(model: dict[str, Any]) -> str:
+    """The training budget behind a result, from the recipe its results.json records: width, epochs, optimizer,
+    schedule, adversarial training (or clean) and seed, e.g. 'width 0.5, 15 ep, sgd onecycle, fgsm-rs 8/255, seed 0'.
+    Empty when the result records no robust-uatt recipe (a RobustBench or factory model)."""
+    recipe = _dict(model.get("recipe"))
+    train, spec, adv = _dict(recipe.get("train")), _dict(recipe.get("model")), _dict(recipe.get("adv"))
+    if not train:
+        return ""
+    parts = []
+    width = spec.get("width", spec.get("vgg_width"))
+    if isinstance(width, (int, float)) and not isinstance(width, bool):
+        parts.append(f"width {width:g}")
+    if isinstance(train.get("epochs"), int):
+        parts.append(f"{train['epochs']} ep")
+    parts.append(" ".join(str(train[k]) for k in ("optimizer", "schedule") if isinstance(train.get(k), str)))
+    kind = adv.get("kind")
+    parts.append(f"{kind} {adv.get('eps', '?')}" if isinstance(kind, str) and kind else "clean")
+    seed = model.get("train_seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        parts.append(f"seed {seed}")
+    return ", ".join(p for p in parts if p)
 
 
 def _field(r: EvaluationResult, name: str) -> Any:

@@ -1,9 +1,12 @@
-"""Training speed of the Table 3 recipes (multi-digit MNIST), to plan their runs: images/s of one optimizer step
-(the model's objective, backward, Adam) per recipe and preset, on real generated 54x54 multi-digit images.
+"""Training speed of the paper-table recipes, to plan their runs: images/s of one optimizer step (the model's
+objective, backward, Adam) per recipe and preset, on the recipe's own data (Table 2: generated 100x100 cluttered
+MNIST; Table 3: generated 54x54 multi-digit MNIST).
 
-    python -m bench.table3 --steps 3 --batch 128 --threads 1
+    python -m bench.tables --table 3 --steps 3 --batch 128 --threads 1
+    python -m bench.tables --table 2 --presets full --steps 3 --threads 1
 
-A plan is then epochs x training images / (images/s); add ~5% for validation and the final test pass.
+A plan is then epochs x training images / (images/s); add ~5% for validation and the final test pass (for an
+early-stopped recipe, `epochs` is its cap, so the figure is an upper bound).
 """
 
 from __future__ import annotations
@@ -18,8 +21,13 @@ import torch.nn.functional as F
 from bench.common import report
 from robust_uatt.data.datasets import load_split, to_float
 from robust_uatt.models.zoo import count_params, create_model, load_recipe
+from robust_uatt.models.zoo import recipe_names as zoo_recipe_names
 
-RECIPES = ("multidigit-mnist-cnn", "multidigit-mnist-dram", "multidigit-mnist-uatt-entropy", "multidigit-mnist-uatt")
+PREFIXES = {"1": "mnist-", "2": "cluttered-mnist-", "3": "multidigit-mnist-"}
+
+
+def recipe_names(table: str) -> list[str]:
+    return [name for name in zoo_recipe_names() if name.startswith(PREFIXES[table])]
 
 
 def images_per_second(recipe_name: str, preset: str | None, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
@@ -54,15 +62,20 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--presets", default="full,cpu")
-    p.add_argument("--out", default="runs/bench/table3.json")
+    p.add_argument("--table", choices=sorted(PREFIXES), default="3")
+    p.add_argument("--out", default=None, help="default runs/bench/tableN.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    train = load_split("multidigit-mnist", "train", None, download=False,
-                       params={"canvas": 64, "crop": 54, "min_digits": 1, "max_digits": 5, "digits_seed": 0})
-    x, y = to_float(train.x[:args.batch]), train.y[:args.batch]
-    rows = [images_per_second(name, None if preset == "full" else preset, x, y, args.steps)
-            for preset in args.presets.split(",") for name in RECIPES]
-    report("Table 3 recipes: training images/s (multidigit-mnist, 54x54)", rows, args.out,
+    rows, batches = [], {}
+    for preset in args.presets.split(","):
+        for name in recipe_names(args.table):
+            recipe = load_recipe(name, None)
+            key = (recipe.dataset, repr(sorted(recipe.data.items())))
+            if key not in batches:  # one batch of the recipe's own data, generated as training generates it
+                train = load_split(recipe.dataset, "train", None, False, recipe.data)
+                batches[key] = (to_float(train.x[:args.batch]), train.y[:args.batch])
+            rows.append(images_per_second(name, None if preset == "full" else preset, *batches[key], args.steps))
+    report(f"Table {args.table} recipes: training images/s", rows, args.out or f"runs/bench/table{args.table}.json",
            {"batch": args.batch, "steps": args.steps, "threads": args.threads,
             "load_average_1min": os.getloadavg()[0]})
 
