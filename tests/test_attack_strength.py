@@ -238,3 +238,46 @@ def test_the_adaptive_suite_has_targeted_margin_and_long_square() -> None:
     entries = {(e.name, e.options.get("loss")): e for e in load_suite("adaptive").entries}
     assert {("apgd-t", None), ("fab-t", None), ("pgd-ce", "cw")} <= set(entries)
     assert entries[("square", None)].steps == 5000
+
+
+def _cheap_copy(name: str, folder) -> str:
+    """The shipped suite ``name`` with every budget cut to 4 steps (Square to 50 queries), as a suite file."""
+    import re
+
+    from robust_uatt.utils.resources import find_toml
+
+    text = re.sub(r"(?m)^steps = \d+", "steps = 4", find_toml(name, "robust_uatt.suites", "attacks", "suite").read_text())
+    text = text.replace('name = "autoattack"', 'name = "autoattack"\noptions = { square_queries = 50 }')
+    path = folder / f"{name}-cheap.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_defended_suite_starts_with_exactly_the_standard_suite(trained, tmp_path) -> None:
+    """`defended` runs the reference AutoAttack first on every clean-correct point, so its first stage is the
+    `standard` suite's number (same points, same per-batch seeds); the paper's protocol still sees every point, and
+    the worst case over the later attacks can only be lower. `compare` reports AutoAttack alone beside it."""
+    pytest.importorskip("pyautoattack")
+    from robust_uatt.api import evaluate
+    from robust_uatt.benchmark.compare import parse_result
+    from robust_uatt.evaluation.suites import load_suite
+
+    entries = load_suite("defended").entries
+    assert entries[0].name == "autoattack" and entries[0].steps == load_suite("standard").entries[0].steps
+    assert {"pgd-eq14", "pgd-bpda", "region-enum", "apgd-dlr", "noise"} <= {e.name for e in entries}
+    assert not {"apgd-ce", "apgd-t", "fab-t", "square"} & {e.name for e in entries}  # AutoAttack ran those
+    model, data = trained
+    kw = dict(eps=0.16, checks="none", batch_size=24, device="cpu")
+    standard = evaluate(model, data.x[:24], data.y[:24], suite=_cheap_copy("standard", tmp_path), **kw)
+    defended = evaluate(model, data.x[:24], data.y[:24], suite=_cheap_copy("defended", tmp_path), **kw)
+    first = defended.attacks[0]
+    assert first["name"] == "autoattack" and first["implementation"].startswith("reference")
+    assert first["attacked"] == standard.attacks[0]["attacked"]
+    assert first["robust_accuracy_after"] == standard.robust_accuracy
+    assert 0 < standard.robust_accuracy < standard.clean_accuracy  # a test that can tell the two stages apart
+    assert defended.robust_accuracy <= standard.robust_accuracy
+    assert defended.paper_protocol_accuracy is not None
+    ours = parse_result(defended.to_json(), "d/results.json")
+    assert ours.autoattack == "reference" and ours.autoattack_alone == standard.robust_accuracy
+    assert ours.more_attacks == len(entries) - 1 == len(defended.attacks) - 1
+    assert any("AutoAttack alone" in c for c in ours.robustbench_caveats())

@@ -249,6 +249,10 @@ class OurResult:
     autoattack: str = "none"  # "reference", "torchattacks port" or "none" (see _autoattack_impl)
     checks_level: str | None = None  # "none", "fast", "full"; None: not recorded
     training: str = ""  # the model's training budget from the recipe in results.json ("" when not recorded)
+    # A suite that runs the reference AutoAttack first and more attacks after it (``defended``): the robust column is
+    # the worst case over all of them, and this is AutoAttack's own number (its first stage); None otherwise.
+    autoattack_alone: float | None = None
+    more_attacks: int = 0  # how many attacks ran after that first AutoAttack stage
 
     @property
     def unchecked(self) -> bool:
@@ -267,6 +271,10 @@ class OurResult:
             out.append("torchattacks' AutoAttack port, not the reference implementation")
         elif self.autoattack != "reference":
             out.append(f"suite '{self.label}' is not AutoAttack (other attacks, other budgets)")
+        elif self.more_attacks:
+            alone = "" if self.autoattack_alone is None else f" (AutoAttack alone: {100 * self.autoattack_alone:.2f}%)"
+            out.append(f"robust = worst case over the reference AutoAttack and {self.more_attacks} more attacks, "
+                       f"a stricter number than AutoAttack's{alone}")
         if self.checks_level is None:
             out.append("checks level not recorded")
         if self.lossless_fraction is not None and self.lossless_fraction < 1:
@@ -290,7 +298,8 @@ class OurResult:
                 "clean_acc_pct": _to_pct(self.clean_accuracy), "robust_acc_pct": _to_pct(self.robust_accuracy),
                 "clean_acc_ci_pct": _ci_pct(self.clean_ci), "robust_acc_ci_pct": _ci_pct(self.robust_ci),
                 "n": self.n, "valid": self.valid, "lossless_fraction": self.lossless_fraction, "suite": self.label,
-                "autoattack_impl": self.autoattack, "checks_level": self.checks_level, "training": self.training}
+                "autoattack_impl": self.autoattack, "checks_level": self.checks_level, "training": self.training,
+                "autoattack_alone_pct": _to_pct(self.autoattack_alone), "attacks_after_autoattack": self.more_attacks}
 
 
 def _to_pct(x: float | None) -> float | None:
@@ -360,7 +369,7 @@ def parse_result(res: Any, path: str) -> OurResult:
                      clean_ci=_stored_ci(_field(r, "clean_accuracy_ci")) or interval(r.clean_accuracy, r.n),
                      robust_ci=_stored_ci(_field(r, "robust_accuracy_ci")) or interval(robust, r.n),
                      autoattack=_autoattack_impl(r), checks_level=_checks_level(r, recorded),
-                     training=training_summary(_dict(r.model)))
+                     training=training_summary(_dict(r.model)), **_autoattack_stage(r))
 
 
 def training_summary(model: dict[str, Any]) -> str:
@@ -404,6 +413,15 @@ def _autoattack_impl(r: EvaluationResult) -> str:
             impl = str(row.get("implementation") or "")
             return "reference" if impl.startswith("reference") else "torchattacks port"
     return "none"
+
+
+def _autoattack_stage(r: EvaluationResult) -> dict[str, Any]:
+    """A cascade whose first attack is AutoAttack followed by more attacks: AutoAttack's own robust accuracy (the
+    first row's ``robust_accuracy_after``: it saw every clean-correct point) and how many attacks followed it."""
+    rows = [row for row in r.attacks if isinstance(row, dict)]
+    if len(rows) < 2 or rows[0].get("name") != "autoattack":
+        return {}
+    return {"autoattack_alone": _fraction(rows[0].get("robust_accuracy_after")), "more_attacks": len(rows) - 1}
 
 
 def _checks_level(r: EvaluationResult, recorded: bool) -> str | None:
