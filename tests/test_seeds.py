@@ -125,3 +125,24 @@ def test_paper_table_refuses_two_runs_of_one_seed(tmp_path: Path) -> None:
     _fake_run(tmp_path, "mnist-ram", "b", 0, 0.98)
     with pytest.raises(UserError, match="same seed"):
         api.paper_table(1, runs_dir=tmp_path)
+
+
+def test_autoattack_alone_is_averaged_where_the_suite_runs_it_first() -> None:
+    """`defended` (and `standard`) run the reference AutoAttack first: its row's own accuracy gets a column of its
+    own beside the worst case; a suite that does not start with it has none (never a made-up one)."""
+    def defended(seed: int, aa: float, worst: float) -> EvaluationResult:
+        r = _result("vgg-at", seed, 0.8, worst)
+        r.suite = {"name": "defended"}
+        r.attacks = [{"name": "autoattack", "robust_accuracy_after": aa},
+                     {"name": "pgd-ce", "robust_accuracy_after": worst}]
+        return r
+
+    groups = api.seeds([defended(0, 0.40, 0.38), defended(1, 0.44, 0.41), _result("vgg", 0, 0.8, 0.1)])
+    row = groups[0].to_json()
+    assert row["autoattack"]["mean"] == pytest.approx(0.42) and row["worst_case"]["mean"] == pytest.approx(0.395)
+    assert groups[1].to_json()["autoattack"] is None
+    from robust_uatt.benchmark.seeds import seeds_markdown
+
+    text = seeds_markdown(groups)
+    assert "| AutoAttack |" in text.splitlines()[0] and "| 42.00 ± 2.83 |" in text
+    assert "AutoAttack s0: 40.0" in text

@@ -2,8 +2,9 @@
 
 ``robust-uatt seeds RESULT...`` (``api.seeds``) groups evaluation results (results.json) by model, preset, suite and
 radius, and reports for each group the number of training seeds, the mean and the spread (sample standard
-deviation, and min-max) of clean accuracy, the paper's protocol and the worst case, each seed's value with its n
-and 95% Clopper-Pearson interval beside it. Two results of one group must come from different training seeds on
+deviation, and min-max) of clean accuracy, the paper's protocol, the reference AutoAttack alone (where the suite runs
+it first: ``standard``, ``defended``) and the worst case, each seed's value with its n and 95% Clopper-Pearson
+interval beside it. Two results of one group must come from different training seeds on
 the same test points (same n and data): anything else would average a model with itself or mix test sets, so it
 is refused with one line. INVALID or unchecked results are never averaged into a valid row: the row says so.
 """
@@ -11,7 +12,7 @@ is refused with one line. INVALID or unchecked results are never averaged into a
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,19 @@ from robust_uatt.evaluation.intervals import clopper_pearson
 from robust_uatt.evaluation.results import EvaluationResult
 from robust_uatt.utils.errors import UserError, printable
 
-METRICS = (("clean", "clean_accuracy"), ("paper_protocol", "paper_protocol_accuracy"),
-           ("worst_case", "robust_accuracy"))
+def autoattack_alone(result: EvaluationResult) -> float | None:
+    """The reference AutoAttack's own robust accuracy when the suite runs it first (``standard``, ``defended``):
+    its row saw every clean-correct point. None for a suite that does not start with AutoAttack."""
+    rows = [row for row in result.attacks if isinstance(row, dict)]
+    if not rows or rows[0].get("name") != "autoattack":
+        return None
+    value = rows[0].get("robust_accuracy_after")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+METRICS: tuple[tuple[str, Callable[[EvaluationResult], float | None]], ...] = (
+    ("clean", lambda r: r.clean_accuracy), ("paper_protocol", lambda r: r.paper_protocol_accuracy),
+    ("autoattack", autoattack_alone), ("worst_case", lambda r: r.robust_accuracy))
 
 
 @dataclass
@@ -42,9 +54,10 @@ class SeedGroup:
         statuses = {r.status for r in self.results}
         return "valid" if statuses == {"valid"} else "/".join(sorted(statuses))
 
-    def metric(self, attr: str) -> dict[str, Any] | None:
-        """Mean, spread and the per-seed values (with n and interval) of one accuracy; None if no result has it."""
-        values = [getattr(r, attr) for r in self.results]
+    def metric(self, get: Callable[[EvaluationResult], float | None]) -> dict[str, Any] | None:
+        """Mean, spread and the per-seed values (with n and interval) of one accuracy; None unless every result
+        has it."""
+        values = [get(r) for r in self.results]
         if any(v is None for v in values):
             return None
         per_seed = []
@@ -60,8 +73,8 @@ class SeedGroup:
         row: dict[str, Any] = {"model": self.model, "preset": self.preset, "suite": self.suite,
                                "eps": self.eps_text, "n": self.results[0].n, "training_seeds": self.seeds,
                                "status": self.status}
-        for key, attr in METRICS:
-            row[key] = self.metric(attr)
+        for key, get in METRICS:
+            row[key] = self.metric(get)
         row["results"] = [str(r.path) if r.path else None for r in self.results]
         return row
 
@@ -133,17 +146,20 @@ def _per_seed(metric: dict[str, Any] | None) -> str:
 def seeds_markdown(groups: Sequence[SeedGroup]) -> str:
     """Mean ± sample std over seeds (percent), then each seed with its 95% interval on n points."""
     rows = [g.to_json() for g in groups]  # each group's metrics and intervals, computed once
-    lines = ["| model | preset | suite | eps | n | seeds | clean | paper protocol | worst case | status |",
-             "|---|---|---|---|---:|---:|---|---|---|---|"]
+    aa = any(row["autoattack"] for row in rows)  # the AutoAttack column only where a suite ran it first
+    lines = ["| model | preset | suite | eps | n | seeds | clean | paper protocol | " + ("AutoAttack | " if aa else "")
+             + "worst case | status |", "|---|---|---|---|---:|---:|---|---|" + ("---|" if aa else "") + "---|---|"]
     for g, row in zip(groups, rows):
         lines.append(f"| {escape_text(g.model)} | {escape_text(g.preset or '-')} | {escape_text(g.suite)} | "
                      f"{escape_text(g.eps_text)} | {row['n']} | {len(g.results)} | {_fmt(row['clean'])} | "
-                     f"{_fmt(row['paper_protocol'])} | {_fmt(row['worst_case'])} | {g.status} |")
+                     f"{_fmt(row['paper_protocol'])} | " + (f"{_fmt(row['autoattack'])} | " if aa else "")
+                     + f"{_fmt(row['worst_case'])} | {g.status} |")
     lines += ["", "Per seed (accuracy % [95% Clopper-Pearson interval on n points]):", ""]
     for g, row in zip(groups, rows):
         lines.append(f"- {escape_text(g.model)}, {escape_text(g.suite)}, eps {escape_text(g.eps_text)}: clean "
-                     f"{_per_seed(row['clean'])}; paper {_per_seed(row['paper_protocol'])}; worst case "
-                     f"{_per_seed(row['worst_case'])}")
+                     f"{_per_seed(row['clean'])}; paper {_per_seed(row['paper_protocol'])}; "
+                     + (f"AutoAttack {_per_seed(row['autoattack'])}; " if row["autoattack"] else "")
+                     + f"worst case {_per_seed(row['worst_case'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -155,4 +171,4 @@ def spread_note(groups: Sequence[SeedGroup]) -> str:
             "read from them alone")
 
 
-__all__ = ["SeedGroup", "group_by_seed", "seeds_markdown", "spread_note", "train_seed"]
+__all__ = ["SeedGroup", "autoattack_alone", "group_by_seed", "seeds_markdown", "spread_note", "train_seed"]
