@@ -52,6 +52,19 @@ def test_export_writes_fp16_weights_and_a_card_measured_on_them(smoke_run: Path,
     assert export._count_correct(model, test_split.x, test_split.y) == test["correct"]
 
 
+def test_the_card_of_an_adversarially_trained_run_states_its_threat_model() -> None:
+    adv = {"kind": "fgsm-rs", "eps": 8 / 255, "norm": "Linf", "stopped_early": None}
+    recipe = {"dataset": "cifar10", "model": {"arch": "vgg16", "width": 0.5}}
+    info = export.model_info({"recipe": recipe, "adversarial": adv, "epochs_run": 15}, "cifar10-vgg-at")
+    assert info["eps"] == pytest.approx(8 / 255) and info["threat_model"] == "Linf"
+    assert info["footnote"].startswith("Adversarially trained (fgsm-rs, Linf eps 0.03137") and "15 epochs" in info["footnote"]
+    collapse = {"epoch": 9, "val_pgd_acc": 0.01, "restored_epoch": 7}
+    stopped = export.model_info({"recipe": recipe, "adversarial": {**adv, "stopped_early": collapse}}, "x")
+    assert "stopped it early: epoch 9 collapsed, epoch 7 restored" in stopped["footnote"]
+    clean = export.model_info({"recipe": recipe}, "cifar10-vgg")
+    assert clean["eps"] is None and clean["footnote"].startswith("Undefended")
+
+
 def test_zoo_name_uses_a_local_run_first_then_the_shipped_weights(smoke_run: Path, data_dir: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     dest = tmp_path / "weights"
@@ -135,6 +148,11 @@ def test_the_shipped_weights_are_what_their_cards_say(name: str) -> None:
     assert isinstance(card["seed"], int) and card["versions"]["git_commit"] and card["command"]
     model, recipe, found = load_trained(str(weights))
     assert recipe.name == card["zoo_name"] and shipped.weights_origin(found) == "shipped"
+    if recipe.adv:  # an adversarially trained model's card states its training threat model, RobustBench style
+        assert card["eps"] == pytest.approx(card["adversarial"]["eps"]) and card["eps"] > 0
+        assert card["adversarial"]["kind"] == recipe.adv["kind"] and card["footnote"].startswith("Adversarially")
+    else:
+        assert card["eps"] is None and "adversarial" not in card and card["footnote"].startswith("Undefended")
     from robust_uatt.data.datasets import load_split
 
     if recipe.dataset == "mnist":  # small models: their card counts the whole test split

@@ -46,8 +46,21 @@ def _count_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bat
 
 
 def model_info(card: dict[str, Any], name: str) -> dict[str, Any]:
-    """RobustBench's ModelInfo fields for a card (undefended models: eps null, no AutoAttack number yet)."""
+    """RobustBench's ModelInfo fields for a card: an adversarially trained model has its training threat model and
+    eps (from the card's ``adversarial`` section), an undefended one eps null; no AutoAttack number yet."""
     recipe = card.get("recipe", {})
+    adv = card.get("adversarial") if isinstance(card.get("adversarial"), dict) else {}
+    eps = adv.get("eps") if isinstance(adv.get("eps"), (int, float)) and not isinstance(adv.get("eps"), bool) else None
+    if adv and eps is not None:
+        stop = adv.get("stopped_early")
+        if isinstance(stop, dict):
+            stop = f"epoch {stop.get('epoch')} collapsed, epoch {stop.get('restored_epoch')} restored"
+        stopped = f"; the overfitting guard stopped it early: {stop}" if stop else ""
+        footnote = (f"Adversarially trained ({adv.get('kind')}, {adv.get('norm', 'Linf')} eps {eps:.5f} in [0, 1] "
+                    f"pixel units, {card.get('epochs_run', card.get('epochs'))} epochs){stopped}; autoattack_acc "
+                    "filled by an evaluation.")
+    else:
+        footnote = "Undefended (standard training); autoattack_acc filled by an evaluation."
     model = recipe.get("model", {})
     width = model.get("width", model.get("vgg_width"))
     arch = {"vgg16": "VGG16-BN", "uatt": "VGG16-BN + UATT attention (Eq. 16-17)" if model.get("backbone") == "vgg16"
@@ -55,9 +68,9 @@ def model_info(card: dict[str, Any], name: str) -> dict[str, Any]:
     return {
         "name": name, "link": None, "authors": "robust-uatt", "venue": "robust-uatt zoo (this repository)",
         "architecture": f"{arch}, width x{width}" if width is not None else arch,
-        "dataset": recipe.get("dataset"), "threat_model": "Linf", "eps": None,  # trained without adversarial examples
+        "dataset": recipe.get("dataset"), "threat_model": adv.get("norm", "Linf") if adv else "Linf", "eps": eps,
         "additional_data": False, "number_forward_passes": 1, "reported": None, "autoattack_acc": None,
-        "corruptions_acc": None, "footnote": "Undefended (standard training); autoattack_acc filled by an evaluation.",
+        "corruptions_acc": None, "footnote": footnote,
     }
 
 
@@ -97,6 +110,7 @@ def export_run(run_dir: str | Path, name: str | None = None, dest: str | Path | 
                     "train_images_per_s": card.get("train_images_per_s"), "command": card.get("command"),
                     "versions": card.get("versions"), "weights_dtype": "float16",
                     "accuracy": accuracy, "accuracy_fp32_run": card.get("accuracy"),
+                    **({"adversarial": card["adversarial"]} if card.get("adversarial") else {}),
                     "source_run": run_dir.name}
     out_weights, out_card = dest / f"{name}.safetensors", dest / f"{name}.json"
     write_json(out_card, shipped_card)
