@@ -18,7 +18,7 @@ set -uo pipefail
 runs=${1:?usage: queue.sh RUNS_DIR}
 mkdir -p "$runs" && runs=$(cd "$runs" && pwd)  # absolute: training may run from TRAIN_CODE
 here=${RECORDS:-docs/results/defended} weights=${WEIGHTS:-zoo/weights} n=${N:-1000} preset=${PRESET:-}
-recipes="cifar10-vgg-at cifar10-vgg-attn-at"
+recipes="cifar10-vgg-attn-at cifar10-vgg-at"  # the attention model first: its training is the riskier one
 
 train() {
   if [ -n "${TRAIN_CODE:-}" ]; then
