@@ -417,11 +417,13 @@ def _autoattack_impl(r: EvaluationResult) -> str:
 
 def _autoattack_stage(r: EvaluationResult) -> dict[str, Any]:
     """A cascade whose first attack is AutoAttack followed by more attacks: AutoAttack's own robust accuracy (the
-    first row's ``robust_accuracy_after``: it saw every clean-correct point) and how many attacks followed it."""
+    first row saw every clean-correct point; ``seeds.autoattack_alone``) and how many attacks followed it."""
+    from robust_uatt.benchmark.seeds import autoattack_alone
+
     rows = [row for row in r.attacks if isinstance(row, dict)]
     if len(rows) < 2 or rows[0].get("name") != "autoattack":
         return {}
-    return {"autoattack_alone": _fraction(rows[0].get("robust_accuracy_after")), "more_attacks": len(rows) - 1}
+    return {"autoattack_alone": autoattack_alone(r), "more_attacks": len(rows) - 1}
 
 
 def _checks_level(r: EvaluationResult, recorded: bool) -> str | None:
