@@ -776,9 +776,14 @@ def train(name: str | None = None, preset: str | None = None, out: str | Path | 
           resume: str | Path | None = None, seed: int | None = None, device: str = "auto",
           data_dir: str | None = None,
           download: bool = True, runs_dir: str | Path = "runs", deterministic: bool | None = None,
-          console: Console | None = None, sync_bn: bool = False, **overrides: Any) -> Path:
+          console: Console | None = None, sync_bn: bool = False, extend: str | Path | None = None,
+          **overrides: Any) -> Path:
     """Train a zoo model (``name``, optionally a ``preset`` such as "smoke" or "cpu") into ``out`` (default
     RUNS/<name>/<time>), or continue the interrupted run ``resume``; returns the run directory.
+
+    ``extend``: a finished run that early stopping ended, continued into ``out`` under a larger patience (from
+    ``preset`` or ``patience=``; nothing else may change, see ``robust_uatt.training.extend``): the epochs it
+    already trained are not trained again, and the result is the run the larger patience gives from scratch.
 
     ``overrides``: recipe values by key, e.g. ``epochs=3`` or ``lr=0.01`` ([train]), ``width=0.5`` ([model]);
     adversarial training: ``adv="fgsm-rs" | "pgd" | "trades"`` and ``adv_eps="8/255"``, ``adv_alpha``,
@@ -792,6 +797,10 @@ def train(name: str | None = None, preset: str | None = None, out: str | Path | 
     SyncBatchNorm (CUDA). A run resumes with the world size it started with."""
     where = distributed.launch()
     device_ = distributed.device_for(resolve_device(device), where)
+    if extend is not None:
+        return _extend(Path(extend), name, preset, out, seed=seed, resume=resume, device=device_, data_dir=data_dir,
+                       download=download, runs_dir=runs_dir, console=console, where=where, sync_bn=sync_bn,
+                       overrides=overrides)
     if resume:
         given = [f"--{k}" for k, v in {"preset": preset, "out": out, "seed": seed, **overrides}.items()
                  if v is not None] + (["--sync-bn"] if sync_bn else [])
@@ -858,6 +867,44 @@ def train(name: str | None = None, preset: str | None = None, out: str | Path | 
             message += f"; the last checkpoint is intact: robust-uatt train --resume {shlex.quote(str(run_dir))}"
         raise UserError(message) from e
     return run_dir
+
+
+def _extend(src: Path, name: str | None, preset: str | None, out: str | Path | None, *, seed: int | None,
+            resume: Any, device: torch.device, data_dir: str | None, download: bool, runs_dir: str | Path,
+            console: Console | None, where: distributed.Launch, sync_bn: bool, overrides: dict[str, Any]) -> Path:
+    """``train(extend=...)``: copy the finished run ``src`` into a new run directory under the new patience, then
+    resume it there (one process; the source run is never modified)."""
+    from robust_uatt.models.zoo import Recipe
+    from robust_uatt.training.extend import prepare_extension
+
+    if resume or seed is not None or sync_bn or where.distributed:
+        given = [w for w, on in (("--resume", resume), ("--seed", seed is not None), ("--sync-bn", sync_bn),
+                                 ("torchrun", where.distributed)) if on]
+        raise UserError(f"--extend continues a finished run with its own seed, in one process; {', '.join(given)} "
+                        f"cannot go with it")
+    if not src.is_dir():
+        raise UserError(f"{src}: no such run directory")
+    config = read_json(src / CONFIG) if (src / CONFIG).is_file() else None
+    if not (isinstance(config, dict) and isinstance(config.get("recipe"), dict)):
+        raise UserError(f"{src}: not a finished robust-uatt run (no readable {CONFIG})")
+    old = Recipe.from_dict(config["recipe"], where=str(src / CONFIG))
+    if name and name != old.name:
+        raise UserError(f"{src} is a run of {old.name}, not {name}")
+    recipe = load_recipe(old.name, preset) if preset else Recipe.from_dict(old.to_dict(), where=str(src / CONFIG))
+    if not preset:
+        recipe.preset = old.preset
+    _override(recipe, overrides)
+    run_dir = Path(out) if out else Path(runs_dir) / safe_component(old.name) / (
+        f"{src.name}-patience{recipe.train['patience']}")
+    check_writable(run_dir)
+    prepare_extension(src, run_dir, recipe)
+    (console or Console(stderr=True)).print(
+        f"extending {src} (patience {old.train['patience']}) into {run_dir} with patience "
+        f"{recipe.train['patience']}", markup=False, highlight=False, soft_wrap=True)
+    saved_dir = config.get("data_dir")
+    return train(resume=run_dir, device=str(device), data_dir=data_dir or (saved_dir if isinstance(saved_dir, str)
+                                                                           else None),
+                 download=download, runs_dir=runs_dir, console=console)
 
 
 def _check_launch(run_dir: Path, where: distributed.Launch) -> dict[str, Any]:

@@ -94,6 +94,11 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--out", default=None, help="run directory (default: RUNS/<model>/<timestamp>)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--patience", type=int, default=None,
+                   help="override the recipe's early-stopping patience (epochs without a new best; 0: never stop)")
+    p.add_argument("--extend", default=None, metavar="RUN_DIR",
+                   help="continue a finished run that early stopping ended, into --out, under a larger patience "
+                        "(--patience or a --preset that changes only it); its epochs are not trained again")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms on CUDA too (slower; always on for the CPU)")
     p.add_argument("--sync-bn", action="store_true",
@@ -347,7 +352,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                             runs_dir=args.runs_dir, deterministic=True if args.deterministic else None,
                             console=Console(stderr=True), adv=args.adv, adv_eps=args.adv_eps,
                             adv_alpha=args.adv_alpha, adv_steps=args.adv_steps, adv_beta=args.adv_beta,
-                            adv_guard_drop=args.adv_guard_drop, sync_bn=args.sync_bn)
+                            adv_guard_drop=args.adv_guard_drop, sync_bn=args.sync_bn, patience=args.patience,
+                            extend=args.extend)
     except TrainingDiverged as e:
         sys.stderr.write(f"robust-uatt: training diverged: {_one_line(str(e))}\n")
         return 3

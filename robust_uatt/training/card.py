@@ -49,6 +49,8 @@ def write_model_card(recipe: Recipe, run_dir: Path, model: nn.Module, *, seed: i
     card["wall_seconds_this_session"] = time.perf_counter() - started
     argv = config.get("argv") if isinstance(config, dict) else None
     card["command"] = " ".join(shlex.quote(str(a)) for a in argv) if isinstance(argv, list) else ""
+    if isinstance(config, dict) and isinstance(config.get("extended_from"), dict):  # train --extend (extend.py)
+        card["extended_from"] = config["extended_from"]
     state = {k: v for k, v in model.state_dict().items()}
     # The card first, the weights last: model.safetensors is what marks a run finished (a kill in between leaves a
     # resumable run, never a "finished" one without its card).
