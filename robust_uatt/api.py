@@ -894,6 +894,8 @@ def _extend(src: Path, name: str | None, preset: str | None, out: str | Path | N
     if not preset:
         recipe.preset = old.preset
     _override(recipe, overrides)
+    if not preset:
+        recipe.preset = _preset_of(recipe, old.preset)
     run_dir = Path(out) if out else Path(runs_dir) / safe_component(old.name) / (
         f"{src.name}-patience{recipe.train['patience']}")
     check_writable(run_dir)
@@ -905,6 +907,22 @@ def _extend(src: Path, name: str | None, preset: str | None, out: str | Path | N
     return train(resume=run_dir, device=str(device), data_dir=data_dir or (saved_dir if isinstance(saved_dir, str)
                                                                            else None),
                  download=download, runs_dir=runs_dir, console=console)
+
+
+def _preset_of(recipe: Any, fallback: str | None) -> str | None:
+    """The zoo preset (None: the recipe itself) whose recipe ``recipe`` now is, so that an extension by overrides
+    (e.g. a capped-epochs preset extended with ``epochs=100``) carries the name of what it became; ``fallback``
+    when none matches or the recipe is not in the zoo."""
+    mine = {k: v for k, v in recipe.to_dict().items() if k not in ("preset", "presets")}
+    try:
+        candidates = [None, *load_recipe(recipe.name).presets]
+        for candidate in candidates:
+            other = load_recipe(recipe.name, candidate).to_dict()
+            if {k: v for k, v in other.items() if k not in ("preset", "presets")} == mine:
+                return candidate
+    except UserError:
+        pass
+    return fallback
 
 
 def _check_launch(run_dir: Path, where: distributed.Launch) -> dict[str, Any]:

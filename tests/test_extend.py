@@ -166,3 +166,20 @@ def test_cli_extend_refusal_is_one_line(run_cli, tmp_path: Path) -> None:
     r = run_cli("train", "--extend", str(tmp_path / "nope"), "--patience", "30", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such run directory" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_an_extension_carries_the_name_of_the_recipe_it_became() -> None:
+    from robust_uatt.api import _preset_of
+
+    capped = load_recipe("cluttered-mnist-fc", "cap20")
+    assert capped.train["epochs"] == 20 and capped.train["schedule"] == "constant"
+    capped.train["epochs"] = 100  # --extend RUN --epochs 100: the full recipe
+    assert _preset_of(capped, "cap20") is None
+    longer = load_recipe("mnist-fc")
+    longer.train.update(patience=30, epochs=200)
+    assert _preset_of(longer, None) == "patience30"
+    longer.train["epochs"] = 150  # matches no preset: keeps the name it had
+    assert _preset_of(longer, None) is None and _preset_of(longer, "x") == "x"
+    for name in ("cluttered-mnist-cnn", "cluttered-mnist-uatt", "cluttered-mnist-ram1-8"):
+        base, capped = load_recipe(name), load_recipe(name, "cap20")
+        assert recipe_differences(base.to_dict(), capped.to_dict()) == [] and capped.train["epochs"] == 20
