@@ -112,6 +112,10 @@ def test_paper_table_sets_each_paper_row_beside_our_seeds(tmp_path: Path, capsys
     assert ram["seeds"][0]["wrong"] == 110 and ram["seeds"][0]["ci95"][0] < 0.011 < ram["seeds"][0]["ci95"][1]
     assert rows["mnist-uatt"]["n_seeds"] == 0 and rows["mnist-uatt"]["error_mean"] is None
     assert api.paper_table(1, runs_dir=runs, preset="cpu")["rows"][0]["n_seeds"] in (0, 1)
+    by_preset = {p: {r["recipe"]: r["n_seeds"] for r in api.paper_table(1, runs_dir=runs, preset=p)["rows"]}
+                 for p in ("cpu", "none")}
+    assert (by_preset["cpu"]["mnist-fc"], by_preset["cpu"]["mnist-ram"]) == (1, 0)
+    assert (by_preset["none"]["mnist-fc"], by_preset["none"]["mnist-ram"]) == (0, 2)
     assert main(["paper-table", "1", "--runs-dir", str(runs), "--out", str(tmp_path / "t")]) == 0
     md = (tmp_path / "t" / "table1.md").read_text()
     table = json.loads((tmp_path / "t" / "table1.json").read_text())

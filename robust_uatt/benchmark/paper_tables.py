@@ -65,7 +65,8 @@ class PaperRow:
 
 
 def paper_rows(table: int, runs_dir: str | Path = "runs", preset: str | None = None) -> list[PaperRow]:
-    """The rows of paper table ``table`` with the finished runs of each (of ``preset`` when given)."""
+    """The rows of paper table ``table`` with the finished runs of each (of ``preset`` when given; "none": only the
+    runs of the recipes themselves, without a preset)."""
     if table not in TABLES:
         raise UserError(f"the paper's error tables are {', '.join(map(str, TABLES))}; got {table}")
     rows = []
@@ -78,7 +79,8 @@ def paper_rows(table: int, runs_dir: str | Path = "runs", preset: str | None = N
             if not (card_path.parent / "model.safetensors").is_file():
                 continue  # not finished
             card = read_json(card_path)
-            if not _is_card(card) or (preset is not None and card.get("preset") != preset):
+            wanted = None if preset == "none" else preset  # "none": runs of the recipe itself, no preset
+            if not _is_card(card) or (preset is not None and card.get("preset") != wanted):
                 continue
             row.cards.append({**card, "_run": str(card_path.parent)})
         seeds = [c.get("seed") for c in row.cards]
