@@ -874,36 +874,31 @@ def _extend(src: Path, name: str | None, preset: str | None, out: str | Path | N
             console: Console | None, where: distributed.Launch, sync_bn: bool, overrides: dict[str, Any]) -> Path:
     """``train(extend=...)``: copy the finished run ``src`` into a new run directory under the new patience, then
     resume it there (one process; the source run is never modified)."""
-    from robust_uatt.models.zoo import Recipe
-    from robust_uatt.training.extend import prepare_extension
+    import copy
+
+    from robust_uatt.training.extend import prepare_extension, read_source
 
     if resume or seed is not None or sync_bn or where.distributed:
         given = [w for w, on in (("--resume", resume), ("--seed", seed is not None), ("--sync-bn", sync_bn),
                                  ("torchrun", where.distributed)) if on]
         raise UserError(f"--extend continues a finished run with its own seed, in one process; {', '.join(given)} "
                         f"cannot go with it")
-    if not src.is_dir():
-        raise UserError(f"{src}: no such run directory")
-    config = read_json(src / CONFIG) if (src / CONFIG).is_file() else None
-    if not (isinstance(config, dict) and isinstance(config.get("recipe"), dict)):
-        raise UserError(f"{src}: not a finished robust-uatt run (no readable {CONFIG})")
-    old = Recipe.from_dict(config["recipe"], where=str(src / CONFIG))
+    source = read_source(src)
+    old = source.recipe
     if name and name != old.name:
         raise UserError(f"{src} is a run of {old.name}, not {name}")
-    recipe = load_recipe(old.name, preset) if preset else Recipe.from_dict(old.to_dict(), where=str(src / CONFIG))
-    if not preset:
-        recipe.preset = old.preset
+    recipe = load_recipe(old.name, preset) if preset else copy.deepcopy(old)
     _override(recipe, overrides)
     if not preset:
         recipe.preset = _preset_of(recipe, old.preset)
     run_dir = Path(out) if out else Path(runs_dir) / safe_component(old.name) / (
         f"{src.name}-patience{recipe.train['patience']}")
     check_writable(run_dir)
-    prepare_extension(src, run_dir, recipe)
+    prepare_extension(source, run_dir, recipe)
     (console or Console(stderr=True)).print(
         f"extending {src} (patience {old.train['patience']}) into {run_dir} with patience "
         f"{recipe.train['patience']}", markup=False, highlight=False, soft_wrap=True)
-    saved_dir = config.get("data_dir")
+    saved_dir = source.config.get("data_dir")
     return train(resume=run_dir, device=str(device), data_dir=data_dir or (saved_dir if isinstance(saved_dir, str)
                                                                            else None),
                  download=download, runs_dir=runs_dir, console=console)
@@ -913,12 +908,12 @@ def _preset_of(recipe: Any, fallback: str | None) -> str | None:
     """The zoo preset (None: the recipe itself) whose recipe ``recipe`` now is, so that an extension by overrides
     (e.g. a capped-epochs preset extended with ``epochs=100``) carries the name of what it became; ``fallback``
     when none matches or the recipe is not in the zoo."""
-    mine = {k: v for k, v in recipe.to_dict().items() if k not in ("preset", "presets")}
+    def content(r: Any) -> dict[str, Any]:
+        return {k: v for k, v in r.to_dict().items() if k != "preset"}
+
     try:
-        candidates = [None, *load_recipe(recipe.name).presets]
-        for candidate in candidates:
-            other = load_recipe(recipe.name, candidate).to_dict()
-            if {k: v for k, v in other.items() if k not in ("preset", "presets")} == mine:
+        for candidate in [None, *load_recipe(recipe.name).presets]:
+            if content(load_recipe(recipe.name, candidate)) == content(recipe):
                 return candidate
     except UserError:
         pass

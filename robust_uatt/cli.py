@@ -214,7 +214,8 @@ def _add_seeds(sub: Any) -> None:
 def _add_paper_table(sub: Any) -> None:
     p = sub.add_parser("paper-table", help="the paper's Table 1, 2 or 3 (error rates) beside our finished runs")
     p.add_argument("table", type=int, choices=(1, 2, 3), help="1: MNIST, 2: cluttered MNIST, 3: multi-digit")
-    p.add_argument("--preset", default=None, help="only runs of this preset; none: only runs without a preset (default: every finished run)")
+    p.add_argument("--preset", default=None,
+                   help="only runs of this preset; none: only runs without a preset (default: every finished run)")
     p.add_argument("--out", default=None, help="folder for table<N>.json and table<N>.md (default: print only)")
     p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
                    help="where the runs are (default: runs, or $ROBUST_UATT_RUNS)")

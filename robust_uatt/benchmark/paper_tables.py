@@ -69,6 +69,7 @@ def paper_rows(table: int, runs_dir: str | Path = "runs", preset: str | None = N
     runs of the recipes themselves, without a preset)."""
     if table not in TABLES:
         raise UserError(f"the paper's error tables are {', '.join(map(str, TABLES))}; got {table}")
+    wanted = None if preset == "none" else preset  # "none": runs of the recipes themselves, no preset
     rows = []
     for name in recipe_names():
         recipe = load_recipe(name)
@@ -79,7 +80,6 @@ def paper_rows(table: int, runs_dir: str | Path = "runs", preset: str | None = N
             if not (card_path.parent / "model.safetensors").is_file():
                 continue  # not finished
             card = read_json(card_path)
-            wanted = None if preset == "none" else preset  # "none": runs of the recipe itself, no preset
             if not _is_card(card) or (preset is not None and card.get("preset") != wanted):
                 continue
             row.cards.append({**card, "_run": str(card_path.parent)})

@@ -8,7 +8,7 @@ under P' trains the epochs that run would train next, bit for bit on the CPU (``
 both runs). Paper tables use it to move a finished budget (Table 1 at patience 10, at most 100 epochs) to a longer
 one (patience 30, at most 200) at the cost of the new epochs only.
 
-``prepare_extension(src, dst, recipe)`` copies what a resume needs (checkpoint, best-validation weights, metrics,
+``prepare_extension(read_source(src), dst, recipe)`` copies what a resume needs (checkpoint, best-validation weights, metrics,
 configuration) into a new run directory, with the recipe's patience, and records where it came from
 (``extended_from`` in config.json and in the finished model card); ``robust-uatt train --extend SRC --preset P``
 then resumes it. The source run is never modified. Refused, with one line and nothing written: a source that is not
@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ CHANGEABLE = ("patience", "epochs")  # the [train] keys an extension may change 
 def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The recipe keys (``table.key``) in which ``new`` differs from ``old``, beyond the changeable ones and the
     preset's name."""
-    skip = {"preset", "presets"}
+    skip = {"preset"}
     diffs = []
     for table in sorted((set(old) | set(new)) - skip):
         a, b = old.get(table), new.get(table)
@@ -82,10 +83,19 @@ def check_extension(src: Path, old: Recipe, new: Recipe, records: list[dict[str,
                         f"(under a constant schedule, more epochs can be given)")
 
 
-def prepare_extension(src: Path, dst: Path, recipe: Recipe) -> dict[str, Any]:
-    """Make ``dst`` a resumable run that continues the finished run ``src`` under ``recipe`` (its patience);
-    returns the ``extended_from`` record. ``dst`` appears whole or not at all."""
-    src, dst = Path(src), Path(dst)
+@dataclass
+class SourceRun:
+    """A finished run read once: its directory, config.json, recipe and epoch records."""
+
+    path: Path
+    config: dict[str, Any]
+    recipe: Recipe
+    records: list[dict[str, Any]]
+
+
+def read_source(src: Path) -> SourceRun:
+    """The finished run ``src``, or a one-line UserError saying why it is not one."""
+    src = Path(src)
     if not src.is_dir():
         raise UserError(f"{src}: no such run directory")
     RunLock(src).check_free()
@@ -96,8 +106,14 @@ def prepare_extension(src: Path, dst: Path, recipe: Recipe) -> dict[str, Any]:
     config = read_json(src / CONFIG)
     if not (isinstance(config, dict) and isinstance(config.get("recipe"), dict)):
         raise UserError(f"{src / CONFIG}: not a robust-uatt run configuration")
-    old = Recipe.from_dict(config["recipe"], where=str(src / CONFIG))
-    records = read_metrics(src / METRICS)
+    return SourceRun(src, config, Recipe.from_dict(config["recipe"], where=str(src / CONFIG)),
+                     read_metrics(src / METRICS))
+
+
+def prepare_extension(source: SourceRun, dst: Path, recipe: Recipe) -> dict[str, Any]:
+    """Make ``dst`` a resumable run that continues the finished run ``source`` under ``recipe`` (its patience);
+    returns the ``extended_from`` record. ``dst`` appears whole or not at all."""
+    src, old, records, dst = source.path, source.recipe, source.records, Path(dst)
     check_extension(src, old, recipe, records)
     tensors, meta = load_tensors(src / CHECKPOINT)
     if meta.get("epoch") != len(records) or meta.get("step_in_epoch") != 0 or meta.get("metrics_lines") != len(records):
@@ -117,9 +133,10 @@ def prepare_extension(src: Path, dst: Path, recipe: Recipe) -> dict[str, Any]:
         save_tensors(staging / CHECKPOINT, tensors, {**meta, "recipe": recipe.to_dict()})
         if (src / BEST_VAL).is_file():
             shutil.copyfile(src / BEST_VAL, staging / BEST_VAL)
-        lines = [json.dumps({k: v for k, v in r.items() if k != "early_stop"}) for r in records]
+        # the records as the longer run writes them: the source's last one did not stop it there
+        lines = [json.dumps({k: v for k, v in r.items() if k != "early_stop"}, default=str) for r in records]
         atomic_write_text(staging / METRICS, "".join(line + "\n" for line in lines))
-        write_json(staging / CONFIG, {**config, "recipe": recipe.to_dict(), "extended_from": origin})
+        write_json(staging / CONFIG, {**source.config, "recipe": recipe.to_dict(), "extended_from": origin})
         if dst.exists():
             dst.rmdir()
         os.replace(staging, dst)
@@ -129,4 +146,4 @@ def prepare_extension(src: Path, dst: Path, recipe: Recipe) -> dict[str, Any]:
     return origin
 
 
-__all__ = ["prepare_extension", "check_extension", "recipe_differences", "CHANGEABLE"]
+__all__ = ["SourceRun", "read_source", "prepare_extension", "check_extension", "recipe_differences", "CHANGEABLE"]
