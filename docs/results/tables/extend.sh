@@ -4,7 +4,8 @@
 # epochs), which trains only the epochs after the one where patience 10 stopped and gives, bit for bit, the run
 # patience 30 trains from scratch (tests/test_extend.py). Records in docs/results/tables/runs/<recipe>-seed<S>-patience30/,
 # the table in docs/results/tables/patience30/table1.{json,md}. A finished extension is skipped; an interrupted
-# one resumes.
+# one resumes. Where the patience-10 source run is gone (a lost machine: only its record is committed), the row is
+# trained from scratch under the preset instead, which by the same equivalence gives the same run at full cost.
 # usage: docs/results/tables/extend.sh RUNS_DIR "SEEDS"   (RUNS_DIR holds <recipe>/seed<S>, e.g. ~/uatt-runs/tables)
 set -uo pipefail
 runs=${1:?usage: extend.sh RUNS_DIR SEEDS} seeds=${2:-"0 1"}
@@ -15,8 +16,10 @@ for seed in $seeds; do
     if [ ! -f "$out/model.safetensors" ]; then
       if [ -f "$out/checkpoint.safetensors" ]; then
         robust-uatt train --resume "$out" --no-download
-      else
+      elif [ -f "$src/model.safetensors" ]; then
         robust-uatt train --extend "$src" --preset patience30 --out "$out" --no-download
+      else  # source lost: the same run from scratch
+        robust-uatt train "$name" --preset patience30 --seed "$seed" --out "$out" --no-download
       fi
       rc=$?; { [ $rc -eq 130 ] || [ $rc -eq 143 ]; } && exit $rc
       [ -f "$out/model.safetensors" ] || continue
