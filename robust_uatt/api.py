@@ -69,7 +69,7 @@ from robust_uatt.utils.files import (
     safe_component,
     write_json,
 )
-from robust_uatt.utils.runtime import configure, resolve_device, seed_all, versions
+from robust_uatt.utils.runtime import configure, pin_code_version, resolve_device, seed_all, versions
 from robust_uatt.viz.tables import plot_text
 
 CHECK_LEVELS = ("none", "fast", "full")
@@ -443,6 +443,7 @@ def _prepare(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None, *
              cascade: bool = True, n: int | None = None, batch_size: int = 250, device: str | torch.device = "auto",
              seed: int = 0, runs_dir: str | Path = "runs", data_dir: str | None = None, download: bool = True,
              block: int = DEFAULT_BLOCK) -> _Prepared:
+    pin_code_version()  # results stamp the commit this process started from
     plan = _plan(eps, suite=suite, attacks=attacks, steps=steps, alpha=alpha, eot=eot, options=options,
                  source=source, policy=policy, checks=checks, cascade=cascade, batch_size=batch_size, seed=seed, n=n,
                  judge_draws=judge_draws)
@@ -795,6 +796,7 @@ def train(name: str | None = None, preset: str | None = None, out: str | Path | 
     Under torchrun (WORLD_SIZE > 1) every rank calls this with the same arguments: DDP with the recipe's batch as
     the global batch (split evenly across ranks), rank 0 writing the run; ``sync_bn`` converts BatchNorm to
     SyncBatchNorm (CUDA). A run resumes with the world size it started with."""
+    pin_code_version()  # results stamp the commit this process started from
     where = distributed.launch()
     device_ = distributed.device_for(resolve_device(device), where)
     if extend is not None:

@@ -239,6 +239,9 @@ def _add_benchmark(sub: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    from robust_uatt.utils.runtime import pin_code_version
+
+    pin_code_version()  # results stamp the commit this process started from, not one made while it ran
     try:
         if args.command not in ("train", "attack") and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
             raise UserError(f"`{args.command}` runs in one process; under torchrun only train and attack scale out "

@@ -680,3 +680,22 @@ def test_resume_refuses_settings_it_would_ignore(tiny: Path, data_dir: Path, tmp
     code, _, err = main("train", "--resume", str(run), flag, value, "--data-dir", str(data_dir), "--device", "cpu")
     one_line_error(code, err)
     assert flag in err and not (run / "model.safetensors").exists()
+
+
+def test_results_stamp_the_commit_the_process_started_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit made while a long run works must not be stamped on its results: the commit is read once, at start."""
+    from robust_uatt.utils import runtime
+
+    heads = iter(["a" * 40, "b" * 40])
+
+    def git_rev_parse(*args, **kwargs):  # each call: the checkout's HEAD, which moves after the first
+        return subprocess.CompletedProcess(args, 0, stdout=next(heads) + "\n", stderr="")
+
+    runtime._git_commit.cache_clear()
+    monkeypatch.setattr(runtime.subprocess, "run", git_rev_parse)
+    try:
+        runtime.pin_code_version()  # the run starts
+        assert runtime.versions()["git_commit"] == "a" * 40  # written after HEAD moved to b...
+        assert runtime.versions()["git_commit"] == "a" * 40
+    finally:
+        runtime._git_commit.cache_clear()

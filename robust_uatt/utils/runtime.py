@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -68,13 +69,21 @@ def seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+@functools.cache
 def _git_commit() -> str | None:
+    """The commit of the checkout this package was imported from, read once per process: the code a long run executes
+    is the code it loaded, so a commit made while it runs must not be stamped on its results (see pin_code_version)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
                              text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def pin_code_version() -> None:
+    """Read the checkout's commit now, at the start of a run, so that every `versions()` of this process reports it."""
+    _git_commit()
 
 
 def versions() -> dict[str, str | None]:
