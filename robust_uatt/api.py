@@ -1033,12 +1033,14 @@ def seeds(results: Sequence[str | Path | EvaluationResult], *, runs_dir: str | P
     return group_by_seed(loaded)
 
 
-def paper_table(table: int, *, runs_dir: str | Path = "runs", preset: str | None = None) -> dict[str, Any]:
-    """Paper Table ``table`` (1, 2 or 3) beside the finished runs of its recipes under ``runs_dir``: per row the
-    paper's error, ours as mean ± std over training seeds, each seed with n, interval and budget (JSON-ready)."""
+def paper_table(table: int, *, runs_dir: str | Path = "runs", preset: str | None = None,
+                records: str | Path | None = None) -> dict[str, Any]:
+    """Paper Table ``table`` (1, 2 or 3) beside the finished runs of its recipes under ``runs_dir`` (or, with
+    ``records``, the committed run records such as docs/results/tables/runs): per row the paper's error, ours as
+    mean ± std over training seeds, each seed with n, interval and budget (JSON-ready)."""
     from robust_uatt.benchmark.paper_tables import paper_rows, table_markdown
 
-    rows = paper_rows(table, runs_dir, preset)
+    rows = paper_rows(table, runs_dir, preset, records)
     return {"table": table, "preset": preset, "rows": [r.to_json() for r in rows],
             "markdown": table_markdown(table, rows),
             "error": "1 - test accuracy (whole sequences for Table 3); std: sample standard deviation over seeds"}

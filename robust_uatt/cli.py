@@ -219,6 +219,9 @@ def _add_paper_table(sub: Any) -> None:
     p.add_argument("--out", default=None, help="folder for table<N>.json and table<N>.md (default: print only)")
     p.add_argument("--runs-dir", default=os.environ.get("ROBUST_UATT_RUNS", "runs"),
                    help="where the runs are (default: runs, or $ROBUST_UATT_RUNS)")
+    p.add_argument("--records", default=None,
+                   help="read committed run records instead: DIR/<recipe>-seed<S>[-<preset>]/model_card.json "
+                        "(e.g. docs/results/tables/runs)")
 
 
 def _add_benchmark(sub: Any) -> None:
@@ -514,7 +517,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
 def cmd_paper_table(args: argparse.Namespace) -> int:
     from robust_uatt import api
 
-    report = api.paper_table(args.table, runs_dir=args.runs_dir, preset=args.preset)
+    report = api.paper_table(args.table, runs_dir=args.runs_dir, preset=args.preset, records=args.records)
     if args.out:
         from robust_uatt.utils.files import atomic_write_text
 

@@ -150,3 +150,27 @@ def test_autoattack_alone_is_averaged_where_the_suite_runs_it_first() -> None:
     text = seeds_markdown(groups)
     assert "| AutoAttack |" in text.splitlines()[0] and "| 42.00 ± 2.83 |" in text
     assert "AutoAttack s0: 40.0" in text
+
+
+def test_paper_table_rebuilds_from_committed_run_records(tmp_path: Path) -> None:
+    """`--records`: the cards that docs/results/tables/run.sh copies next to the results (no run folder, no weights)
+    rebuild the table; a record counts for the recipe its card names, and the preset filter applies as for runs."""
+    records = tmp_path / "records"
+
+    def record(folder: str, name: str, seed: int, acc: float, preset: str | None = None) -> None:
+        (records / folder).mkdir(parents=True)
+        write_json(records / folder / "model_card.json",
+                   {"name": name, "accuracy": {"test": acc}, "data": {"test_n": 10000}, "seed": seed,
+                    "preset": preset, "epochs": 100, "epochs_run": 40, "selection": {"best_epoch": 30}})
+
+    record("mnist-ram-seed0", "mnist-ram", 0, 0.9890)
+    record("mnist-ram-seed1", "mnist-ram", 1, 0.9880)
+    record("mnist-ram-seed1-patience30", "mnist-ram", 1, 0.9900, preset="patience30")
+    record("mnist-fc-seed0", "mnist-cnn", 0, 0.5)  # a misfiled card: not mnist-fc's
+    rows = {r["recipe"]: r for r in api.paper_table(1, records=records, preset="none")["rows"]}
+    assert rows["mnist-ram"]["n_seeds"] == 2 and rows["mnist-ram"]["error_mean"] == pytest.approx(0.0115)
+    assert rows["mnist-fc"]["n_seeds"] == 0 and rows["mnist-cnn"]["n_seeds"] == 0
+    longer = {r["recipe"]: r for r in api.paper_table(1, records=records, preset="patience30")["rows"]}
+    assert longer["mnist-ram"]["n_seeds"] == 1 and longer["mnist-ram"]["error_mean"] == pytest.approx(0.0100)
+    with pytest.raises(UserError, match="same seed"):  # without a preset filter, seed 1 appears twice
+        api.paper_table(1, records=records)

@@ -64,9 +64,14 @@ class PaperRow:
                 "error_std": statistics.stdev(errors) if len(errors) > 1 else None}
 
 
-def paper_rows(table: int, runs_dir: str | Path = "runs", preset: str | None = None) -> list[PaperRow]:
+def paper_rows(table: int, runs_dir: str | Path = "runs", preset: str | None = None,
+               records: str | Path | None = None) -> list[PaperRow]:
     """The rows of paper table ``table`` with the finished runs of each (of ``preset`` when given; "none": only the
-    runs of the recipes themselves, without a preset)."""
+    runs of the recipes themselves, without a preset).
+
+    ``records``: read committed run records instead of run folders: ``RECORDS/<recipe>-seed<S>[-<preset>]/``
+    holding the model card a finished run wrote (docs/results/tables/runs/, see docs/results/tables/run.sh), so a
+    table is rebuilt from the repository alone; a record counts only when its card names that recipe."""
     if table not in TABLES:
         raise UserError(f"the paper's error tables are {', '.join(map(str, TABLES))}; got {table}")
     wanted = None if preset == "none" else preset  # "none": runs of the recipes themselves, no preset
@@ -76,19 +81,28 @@ def paper_rows(table: int, runs_dir: str | Path = "runs", preset: str | None = N
         if not recipe.paper.startswith(f"Table {table}:"):
             continue
         row = PaperRow(name, recipe.paper)
-        for card_path in sorted((Path(runs_dir) / name).glob("*/model_card.json")):
-            if not (card_path.parent / "model.safetensors").is_file():
-                continue  # not finished
+        for card_path in _card_paths(name, runs_dir, records):
             card = read_json(card_path)
+            if records is not None and (not isinstance(card, dict) or card.get("name") != name):
+                continue  # a record counts for the recipe its card names, whatever its folder says
             if not _is_card(card) or (preset is not None and card.get("preset") != wanted):
                 continue
             row.cards.append({**card, "_run": str(card_path.parent)})
         seeds = [c.get("seed") for c in row.cards]
         if len(set(seeds)) != len(seeds):
-            raise UserError(f"{name}: several finished runs with the same seed under {Path(runs_dir) / name}; "
+            raise UserError(f"{name}: several finished runs with the same seed under "
+                            f"{Path(records) if records is not None else Path(runs_dir) / name}; "
                             "keep one per seed (or name a --preset)")
         rows.append(row)
     return rows
+
+
+def _card_paths(name: str, runs_dir: str | Path, records: str | Path | None) -> list[Path]:
+    """Model cards of the finished runs of recipe ``name``: RUNS/<name>/*/ with its weights, or the records."""
+    if records is not None:
+        return sorted(Path(records).glob(f"{name}-seed*/model_card.json"))
+    return [p for p in sorted((Path(runs_dir) / name).glob("*/model_card.json"))
+            if (p.parent / "model.safetensors").is_file()]  # a run without weights is not finished
 
 
 def _is_card(card: Any) -> bool:

@@ -28,4 +28,4 @@ for seed in $seeds; do
     mkdir -p "$rec" && cp "$out/config.json" "$out/metrics.jsonl" "$out/model_card.json" "$rec/"
   done
 done
-robust-uatt paper-table 1 --preset patience30 --runs-dir "$runs" --out "$here/patience30"
+robust-uatt paper-table 1 --preset patience30 --records "$here/runs" --out "$here/patience30"

@@ -9,7 +9,8 @@
 # first, so that a session cut short leaves finished rows). Runs land in RUNS/<recipe>/seed<S>[-<preset>] (RUNS
 # defaults to runs/); an interrupted run resumes, a finished one is skipped. Each finished run's config, metrics and
 # card are recorded in docs/results/tables/runs/<recipe>-seed<S>[-<preset>]/ (committed: the run folder is not), and
-# the table is written to docs/results/tables/ (without a preset) or docs/results/tables/<preset>/.
+# the table, built from those records (so rows whose run folders are gone still count), is written to
+# docs/results/tables/ (without a preset) or docs/results/tables/<preset>/.
 set -uo pipefail
 table=$1 seeds=$2 preset=${3:-} runs=${RUNS:-runs} here=docs/results/tables
 case $table in
@@ -36,4 +37,4 @@ for name in $names; do
     mkdir -p "$rec" && cp "$out/config.json" "$out/metrics.jsonl" "$out/model_card.json" "$rec/"
   done
 done
-robust-uatt paper-table "$table" --preset "${preset:-none}" --runs-dir "$runs" --out "$here${preset:+/$preset}"
+robust-uatt paper-table "$table" --preset "${preset:-none}" --records "$here/runs" --out "$here${preset:+/$preset}"
